@@ -1,0 +1,109 @@
+use std::sync::Arc;
+
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedUserId, UInt,
+    api::client::{
+        account::{change_password, deactivate, get_3pids, whoami, ThirdPartyIdRemovalStatus},
+        uiaa::{AuthData, UserIdentifier},
+    },
+    thirdparty::{Medium, ThirdPartyIdentifierInit},
+};
+
+use crate::{
+    api::Ruma,
+    err,
+    error::{ErrorKind, Result},
+    service::{
+        Services,
+        audit::AuditKind,
+        password_auth,
+        uiaa::{self, StageResult},
+    },
+    storage::Batch,
+};
+
+/// Runs the `m.login.password` UIA flow for an authenticated user.
+pub(super) async fn require_password(s: &Arc<Services>, auth: Option<&AuthData>, user_id: &OwnedUserId, remote: &str) -> Result<()> {
+    let services = s.clone();
+    s.uiaa
+        .authenticate(&[&[uiaa::PASSWORD]], auth, Some(user_id), |auth| {
+            let auth = auth.clone();
+            let user_id = user_id.clone();
+            let remote = remote.to_owned();
+            async move {
+                let AuthData::Password(p) = auth else {
+                    return Ok(StageResult::Failed(err!(Forbidden, "Unsupported authentication stage")));
+                };
+                #[allow(deprecated)]
+                let named = match &p.identifier {
+                    UserIdentifier::Matrix(m) => services.users.resolve_login_user(&m.user).ok(),
+                    _ => None,
+                };
+                if named.as_ref() != Some(&user_id) {
+                    return Ok(StageResult::Failed(err!(Forbidden, "The identifier does not match the logged-in user")));
+                }
+                match password_auth::verify(&services, &user_id, p.password.clone(), &remote, AuditKind::UiaPasswordFailed)
+                    .await
+                {
+                    Ok(()) => Ok(StageResult::Done),
+                    Err(e) if matches!(e.kind(), ErrorKind::LimitExceeded { .. }) => Err(e),
+                    Err(e) => Ok(StageResult::Failed(e)),
+                }
+            }
+        })
+        .await
+}
+
+/// `GET /_matrix/client/v3/account/whoami`
+pub async fn whoami_route(_: Arc<Services>, body: Ruma<whoami::v3::Request>) -> Result<whoami::v3::Response> {
+    let mut response = whoami::v3::Response::new(body.user()?.to_owned(), false);
+    response.device_id = body.sender_device.clone();
+    Ok(response)
+}
+
+/// `POST /_matrix/client/v3/account/password`
+pub async fn change_password_route(
+    s: Arc<Services>,
+    body: Ruma<change_password::v3::Request>,
+) -> Result<change_password::v3::Response> {
+    let user_id = body.user()?.to_owned();
+    require_password(&s, body.body.auth.as_ref(), &user_id, &body.remote_str()).await?;
+    s.users.check_password_strength(&body.body.new_password)?;
+    s.users.set_password(&user_id, body.body.new_password.clone()).await?;
+    if body.body.logout_devices {
+        let mut batch = Batch::new();
+        s.sessions.remove_all_devices_batch(&user_id, body.sender_device.as_deref(), &mut batch)?;
+        s.sessions.commit(batch).await?;
+    }
+    Ok(change_password::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/account/deactivate`
+pub async fn deactivate_route(s: Arc<Services>, body: Ruma<deactivate::v3::Request>) -> Result<deactivate::v3::Response> {
+    let user_id = body.user()?.to_owned();
+    require_password(&s, body.body.auth.as_ref(), &user_id, &body.remote_str()).await?;
+    s.deactivate_account(&user_id).await?;
+    Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
+}
+
+/// `GET /_matrix/client/v3/account/3pid`
+///
+/// Unverified addresses are listed with `validated_at` 0.
+pub async fn get_3pids_route(s: Arc<Services>, body: Ruma<get_3pids::v3::Request>) -> Result<get_3pids::v3::Response> {
+    let ms = |t: u64| MilliSecondsSinceUnixEpoch(UInt::try_from(t).unwrap_or_default());
+    let threepids = s
+        .users
+        .threepids(body.user()?)?
+        .into_iter()
+        .map(|p| {
+            ThirdPartyIdentifierInit {
+                address: p.address,
+                medium: Medium::from(p.medium.as_str()),
+                validated_at: ms(p.validated_at.unwrap_or(0)),
+                added_at: ms(p.added_at),
+            }
+            .into()
+        })
+        .collect();
+    Ok(get_3pids::v3::Response::new(threepids))
+}

@@ -1,0 +1,47 @@
+//! Client-server API handlers. Each is `<endpoint>_route`, with its method
+//! and path in the doc line; the path itself comes from ruma's metadata.
+
+mod account;
+mod device;
+mod discovery;
+mod profile;
+mod register;
+mod session;
+
+use ruma::api::client as c;
+
+use super::{AppState, RumaRouter};
+
+/// Registers every client-server endpoint.
+pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
+    router
+        .ruma_route::<c::discovery::get_supported_versions::Request, _, _>(discovery::get_supported_versions_route)
+        .ruma_route::<c::discovery::discover_homeserver::Request, _, _>(discovery::discover_homeserver_route)
+        .ruma_route::<ruma::api::federation::discovery::discover_homeserver::Request, _, _>(
+            discovery::discover_server_route,
+        )
+        .ruma_route::<c::account::register::v3::Request, _, _>(register::register_route)
+        .ruma_route::<c::account::get_username_availability::v3::Request, _, _>(register::username_available_route)
+        .ruma_route::<c::account::check_registration_token_validity::v1::Request, _, _>(
+            register::registration_token_validity_route,
+        )
+        .ruma_route::<c::session::get_login_types::v3::Request, _, _>(session::get_login_types_route)
+        .ruma_route::<c::session::login::v3::Request, _, _>(session::login_route)
+        .ruma_route::<c::session::refresh_token::v3::Request, _, _>(session::refresh_route)
+        .ruma_route::<c::session::logout::v3::Request, _, _>(session::logout_route)
+        .ruma_route::<c::session::logout_all::v3::Request, _, _>(session::logout_all_route)
+        .ruma_route::<c::account::whoami::v3::Request, _, _>(account::whoami_route)
+        .ruma_route::<c::account::change_password::v3::Request, _, _>(account::change_password_route)
+        .ruma_route::<c::account::deactivate::v3::Request, _, _>(account::deactivate_route)
+        .ruma_route::<c::account::get_3pids::v3::Request, _, _>(account::get_3pids_route)
+        .ruma_route::<c::device::get_devices::v3::Request, _, _>(device::get_devices_route)
+        .ruma_route::<c::device::get_device::v3::Request, _, _>(device::get_device_route)
+        .ruma_route::<c::device::update_device::v3::Request, _, _>(device::update_device_route)
+        .ruma_route::<c::device::delete_device::v3::Request, _, _>(device::delete_device_route)
+        .ruma_route::<c::device::delete_devices::v3::Request, _, _>(device::delete_devices_route)
+        .ruma_route::<c::profile::get_profile::v3::Request, _, _>(profile::get_profile_route)
+        .ruma_route::<c::profile::get_display_name::v3::Request, _, _>(profile::get_display_name_route)
+        .ruma_route::<c::profile::set_display_name::v3::Request, _, _>(profile::set_display_name_route)
+        .ruma_route::<c::profile::get_avatar_url::v3::Request, _, _>(profile::get_avatar_url_route)
+        .ruma_route::<c::profile::set_avatar_url::v3::Request, _, _>(profile::set_avatar_url_route)
+}

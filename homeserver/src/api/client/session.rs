@@ -1,0 +1,83 @@
+use std::sync::Arc;
+
+use ruma::api::client::{
+    session::{
+        get_login_types::v3::{self as login_types, LoginType, PasswordLoginType},
+        login::v3::{self as login, DiscoveryInfo, HomeserverInfo, LoginInfo},
+        logout, logout_all, refresh_token,
+    },
+    uiaa::UserIdentifier,
+};
+
+use crate::{
+    api::Ruma,
+    err,
+    error::Result,
+    service::{Services, audit::AuditKind, password_auth, ratelimit::Action},
+    storage::Batch,
+};
+
+/// `GET /_matrix/client/v3/login`
+pub async fn get_login_types_route(_: Arc<Services>, _: Ruma<login_types::Request>) -> Result<login_types::Response> {
+    Ok(login_types::Response::new(vec![LoginType::Password(PasswordLoginType::new())]))
+}
+
+/// `POST /_matrix/client/v3/login`
+pub async fn login_route(s: Arc<Services>, body: Ruma<login::Request>) -> Result<login::Response> {
+    let remote = body.remote_str();
+    s.ratelimit.check(Action::Login, &remote)?;
+    let req = &body.body;
+    let LoginInfo::Password(info) = &req.login_info else {
+        return Err(err!(Unknown, "Unsupported login type {:?}", req.login_info.login_type()));
+    };
+    #[allow(deprecated)]
+    let user = match (&info.identifier, &info.user) {
+        (Some(UserIdentifier::Matrix(m)), _) => m.user.clone(),
+        (None, Some(user)) => user.clone(),
+        (Some(_), _) => return Err(err!(InvalidParam, "Only m.id.user identifiers are supported")),
+        (None, None) => return Err(err!(MissingParam, "An identifier is required")),
+    };
+    let user_id = match s.users.resolve_login_user(&user) {
+        Ok(id) => id,
+        Err(e) => {
+            s.audit.record(AuditKind::LoginFailed, None, &remote, "invalid user identifier");
+            return Err(e);
+        }
+    };
+    password_auth::verify(&s, &user_id, info.password.clone(), &remote, AuditKind::LoginFailed).await?;
+
+    let issued = s
+        .sessions
+        .login(&user_id, req.device_id.clone(), req.initial_device_display_name.clone(), req.refresh_token, Some(remote))
+        .await?;
+    let mut response = login::Response::new(user_id, issued.access_token, issued.device_id);
+    response.refresh_token = issued.refresh_token;
+    response.expires_in = issued.expires_in_ms.map(std::time::Duration::from_millis);
+    response.well_known = Some(DiscoveryInfo::new(HomeserverInfo::new(s.config.client_base_url())));
+    Ok(response)
+}
+
+/// `POST /_matrix/client/v3/refresh`
+pub async fn refresh_route(s: Arc<Services>, body: Ruma<refresh_token::v3::Request>) -> Result<refresh_token::v3::Response> {
+    let (_, issued) = s.sessions.refresh(&body.body.refresh_token).await?;
+    let mut response = refresh_token::v3::Response::new(issued.access_token);
+    response.refresh_token = issued.refresh_token;
+    response.expires_in_ms = issued.expires_in_ms.map(std::time::Duration::from_millis);
+    Ok(response)
+}
+
+/// `POST /_matrix/client/v3/logout`
+pub async fn logout_route(s: Arc<Services>, body: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
+    let mut batch = Batch::new();
+    s.sessions.remove_device_batch(body.user()?, body.device()?, &mut batch)?;
+    s.sessions.commit(batch).await?;
+    Ok(logout::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/logout/all`
+pub async fn logout_all_route(s: Arc<Services>, body: Ruma<logout_all::v3::Request>) -> Result<logout_all::v3::Response> {
+    let mut batch = Batch::new();
+    s.sessions.remove_all_devices_batch(body.user()?, None, &mut batch)?;
+    s.sessions.commit(batch).await?;
+    Ok(logout_all::v3::Response::new())
+}

@@ -1,0 +1,177 @@
+//! Start-up, listeners and graceful shutdown.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{Router, middleware};
+use serde_json::json;
+
+use crate::{
+    api,
+    config::Config,
+    service::Services,
+    storage::{Db, migrations, sled_store::SledStore},
+    tls,
+    util::random_token,
+};
+
+/// Opens the database in `data_dir/db`, migrates it and builds the services.
+pub fn open_services(config: Arc<Config>) -> anyhow::Result<Arc<Services>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store = SledStore::open(&config.data_dir.join("db")).map_err(|e| {
+        if crate::storage::sled_store::is_locked_error(&e) {
+            anyhow::anyhow!("the database in {} is in use by another process", config.data_dir.display())
+        } else {
+            anyhow::anyhow!("cannot open the database: {e}")
+        }
+    })?;
+    let db = Db::new(Arc::new(store));
+    let version = migrations::run(&db)?;
+    tracing::debug!(version, "database schema is current");
+    Ok(Services::build(config, db)?)
+}
+
+fn with_client_ip(router: Router, trust_forwarded: bool) -> Router {
+    router.layer(middleware::from_fn_with_state(trust_forwarded, api::client_ip_layer))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM, then drains and flushes.
+pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
+    rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a TLS crypto provider was already installed"))?;
+    let services = open_services(config.clone())?;
+    tracing::info!(
+        server_name = %config.server_name,
+        signing_key = %services.server_keys.key_id(),
+        public_key = %services.server_keys.public_key_base64(),
+        "server signing key loaded"
+    );
+
+    let tls_files = tls::ensure(&config)?;
+    let fingerprint = tls::fingerprint(&tls_files.certificate)?;
+    tracing::info!(
+        certificate = %tls_files.certificate.display(),
+        sha256 = %fingerprint,
+        "TLS certificate in use; clients must trust this certificate"
+    );
+    let rustls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls_files.certificate, &tls_files.private_key)
+        .await
+        .context("cannot load the TLS certificate or key")?;
+
+    let app = api::router(services.clone());
+    let handle = axum_server::Handle::new();
+    let https_app = with_client_ip(app.clone(), false);
+    let mut https_server = tokio::spawn({
+        let handle = handle.clone();
+        let addr = config.listen.https;
+        async move {
+            axum_server::bind_rustls(addr, rustls_config)
+                .handle(handle)
+                .serve(https_app.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+        }
+    });
+    let https_addr = match handle.listening().await {
+        Some(a) => a,
+        None => {
+            let result = (&mut https_server).await?;
+            return Err(anyhow::anyhow!("cannot listen on {}: {:?}", config.listen.https, result.err()));
+        }
+    };
+    tracing::info!("listening for HTTPS on https://{https_addr}");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let mut http_addr = None;
+    let mut http_server = None;
+    if let Some(addr) = config.http_listener()? {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!("listening for plain HTTP on http://{bound}");
+        http_addr = Some(bound);
+        let http_app = with_client_ip(app.clone(), config.listen.http_trust_forwarded_for);
+        let stop = wait_stop(stop_rx.clone());
+        http_server = Some(tokio::spawn(async move {
+            axum::serve(listener, http_app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(stop)
+                .await
+        }));
+    }
+
+    // The admin API, for `homeserver admin` while the server runs.
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.bind)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin.bind)", config.admin.bind))?;
+    let admin_addr = admin_listener.local_addr()?;
+    let secret = random_token("adm_");
+    let admin_file = config.data_dir.join("admin.json");
+    tls::write_private(&admin_file, json!({ "url": format!("http://{admin_addr}"), "secret": secret }).to_string().as_bytes())?;
+    let admin_app = api::admin::router(services.clone(), secret);
+    let admin_stop = wait_stop(stop_rx.clone());
+    let admin_server = tokio::spawn(async move {
+        axum::serve(admin_listener, admin_app).with_graceful_shutdown(admin_stop).await
+    });
+
+    // Where the listeners ended up (useful when ports are chosen by the OS).
+    let listening_file = config.data_dir.join("listening.json");
+    std::fs::write(
+        &listening_file,
+        json!({
+            "https": https_addr.to_string(),
+            "http": http_addr.map(|a| a.to_string()),
+            "admin": admin_addr.to_string(),
+        })
+        .to_string(),
+    )?;
+
+    let https_stopped = tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!("shutting down: finishing in-flight requests");
+            false
+        }
+        r = &mut https_server => {
+            tracing::error!(result = ?r, "the HTTPS listener stopped");
+            true
+        }
+    };
+    handle.graceful_shutdown(Some(Duration::from_secs(30)));
+    if !https_stopped {
+        let _ = https_server.await;
+    }
+    let _ = stop_tx.send(true);
+    if let Some(h) = http_server {
+        let _ = h.await;
+    }
+    let _ = admin_server.await;
+    let _ = std::fs::remove_file(&admin_file);
+    let _ = std::fs::remove_file(&listening_file);
+    services.db.flush_now()?;
+    tracing::info!("storage flushed; stopped");
+    Ok(())
+}

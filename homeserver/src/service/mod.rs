@@ -1,0 +1,58 @@
+//! Services hold the rules. Handlers (client API now, federation and
+//! appservices later) call them; they call the storage layer.
+
+pub mod audit;
+pub mod lockout;
+pub mod password_auth;
+pub mod ratelimit;
+pub mod server_keys;
+pub mod sessions;
+pub mod uiaa;
+pub mod users;
+
+use std::sync::Arc;
+
+use crate::{config::Config, error::Result, storage::Db};
+
+/// Every service, shared by all handlers.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub users: users::Service,
+    pub sessions: sessions::Service,
+    pub lockout: lockout::Service,
+    pub uiaa: uiaa::Service,
+    pub ratelimit: ratelimit::Service,
+    pub audit: audit::Service,
+    pub server_keys: server_keys::Service,
+}
+
+impl Services {
+    /// Builds every service over an opened, migrated database.
+    pub fn build(config: Arc<Config>, db: Db) -> Result<Arc<Self>> {
+        let audit = audit::Service::open(&config.audit_path()).map_err(crate::error::Error::internal)?;
+        Ok(Arc::new(Self {
+            users: users::Service::new(config.clone(), db.clone()),
+            sessions: sessions::Service::new(config.clone(), db.clone()),
+            lockout: lockout::Service::new(config.clone(), db.clone()),
+            uiaa: uiaa::Service::new(),
+            ratelimit: ratelimit::Service::new(config.rate_limits.clone()),
+            server_keys: server_keys::Service::load_or_generate(&db)?,
+            audit,
+            config,
+            db,
+        }))
+    }
+}
+
+impl Services {
+    /// Deactivates an account and ends all its sessions in one atomic write.
+    pub async fn deactivate_account(&self, user_id: &ruma::UserId) -> Result<()> {
+        let mut batch = crate::storage::Batch::new();
+        self.users.deactivation_batch(user_id, &mut batch)?;
+        self.sessions.remove_all_devices_batch(user_id, None, &mut batch)?;
+        self.db.commit(batch).await?;
+        tracing::info!(user = %user_id, "deactivated account");
+        Ok(())
+    }
+}

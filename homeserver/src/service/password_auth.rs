@@ -1,0 +1,43 @@
+//! Password checks shared by `/login` and the `m.login.password` UIA stage:
+//! per-account rate limit, lockout, deactivation, argon2 verification, audit.
+
+use ruma::UserId;
+
+use super::{Services, audit::AuditKind, ratelimit::Action};
+use crate::{
+    err,
+    error::{Error, ErrorKind, Result},
+};
+
+const BAD_CREDENTIALS: &str = "Invalid username or password";
+
+/// Verifies `password` for `user_id`, or fails with the Matrix error to send.
+/// `kind` is the audit event written for a wrong password.
+pub async fn verify(s: &Services, user_id: &UserId, password: String, remote: &str, kind: AuditKind) -> Result<()> {
+    s.ratelimit.check(Action::Login, user_id.as_str())?;
+    if let Some(ms) = s.lockout.locked_for(user_id)? {
+        s.audit.record(kind, Some(user_id.as_str()), remote, "account locked");
+        return Err(Error::new(
+            ErrorKind::LimitExceeded { retry_after_ms: ms },
+            "Too many failed login attempts; the account is temporarily locked",
+        ));
+    }
+    let Some(account) = s.users.account(user_id)? else {
+        s.audit.record(kind, Some(user_id.as_str()), remote, "unknown user");
+        return Err(err!(Forbidden, "{BAD_CREDENTIALS}"));
+    };
+    if account.deactivated {
+        s.audit.record(kind, Some(user_id.as_str()), remote, "deactivated account");
+        return Err(err!(UserDeactivated, "This account has been deactivated"));
+    }
+    if s.users.check_password(&account, password).await? {
+        s.lockout.record_success(user_id).await?;
+        return Ok(());
+    }
+    s.audit.record(kind, Some(user_id.as_str()), remote, "wrong password");
+    if s.lockout.record_failure(user_id).await? {
+        s.audit.record(AuditKind::AccountLocked, Some(user_id.as_str()), remote, "too many failed logins");
+        tracing::warn!(user = %user_id, "account locked after repeated failed logins");
+    }
+    Err(err!(Forbidden, "{BAD_CREDENTIALS}"))
+}

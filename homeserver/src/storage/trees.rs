@@ -1,0 +1,45 @@
+//! Every tree of the database, declared in one place with its key layout.
+//!
+//! Names read `<keyparts>_<value>`. `SEP` is `0xFF` (see [`super::codec`]);
+//! integers are 8-byte big-endian. Values are JSON unless stated otherwise.
+
+/// A declared tree.
+#[derive(Debug, Clone, Copy)]
+pub struct TreeDef {
+    pub name: &'static str,
+    /// Key layout and value, for readers of the code and of `docs/architecture.md`.
+    pub layout: &'static str,
+}
+
+/// Server-wide singletons: `schema_version` (u64 BE), `signing_key` (PKCS#8 DER of the
+/// server's ed25519 key), `signing_key_id` (UTF-8).
+pub const GLOBAL: &str = "global";
+/// `user_id` → account record (password hash, admin flag, deactivation, creation time).
+pub const USERID_ACCOUNT: &str = "userid_account";
+/// `user_id` → profile (`displayname`, `avatar_url`).
+pub const USERID_PROFILE: &str = "userid_profile";
+/// `user_id SEP medium SEP address` → third-party identifier record.
+pub const USERIDTHREEPID_INFO: &str = "useridthreepid_info";
+/// `user_id SEP device_id` → device record (display name, last seen, token hashes).
+pub const USERDEVICEID_DEVICE: &str = "userdeviceid_device";
+/// SHA-256 of an access token (32 bytes) → session (`user_id`, `device_id`, expiry).
+pub const TOKENHASH_SESSION: &str = "tokenhash_session";
+/// SHA-256 of a refresh token (32 bytes) → session (`user_id`, `device_id`).
+pub const REFRESHHASH_SESSION: &str = "refreshhash_session";
+/// `user_id` → failed-login state (consecutive failures, locked-until time).
+pub const USERID_LOGINFAILURES: &str = "userid_loginfailures";
+
+/// All trees, in the order they are opened.
+pub const ALL: &[TreeDef] = &[
+    TreeDef { name: GLOBAL, layout: "name → value: schema_version (u64 BE), signing_key (PKCS#8 DER), signing_key_id" },
+    TreeDef { name: USERID_ACCOUNT, layout: "user_id → {password_hash, admin, deactivated, created_ts}" },
+    TreeDef { name: USERID_PROFILE, layout: "user_id → {displayname?, avatar_url?}" },
+    TreeDef { name: USERIDTHREEPID_INFO, layout: "user_id SEP medium SEP address → {added_at, validated_at?}" },
+    TreeDef {
+        name: USERDEVICEID_DEVICE,
+        layout: "user_id SEP device_id → {display_name?, last_seen_ip?, last_seen_ts?, access_token_hash, refresh_token_hash?}",
+    },
+    TreeDef { name: TOKENHASH_SESSION, layout: "sha256(access_token) → {user_id, device_id, expires_at?}" },
+    TreeDef { name: REFRESHHASH_SESSION, layout: "sha256(refresh_token) → {user_id, device_id}" },
+    TreeDef { name: USERID_LOGINFAILURES, layout: "user_id → {failures, locked_until?}" },
+];

@@ -1,0 +1,327 @@
+//! The black-box harness: starts the real `homeserver` binary on a free
+//! loopback port with a temporary data directory, waits until `/versions`
+//! answers, talks HTTPS to it trusting the certificate it generated, and
+//! stops it on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// Builds the `homeserver` binary once per test process (a no-op when it is
+/// up to date) and returns its path.
+pub fn homeserver_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("HEARTH_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "-p", "hearth-homeserver", "--bin", "homeserver", "--message-format=json-render-diagnostics"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build");
+        assert!(out.status.success(), "building the homeserver binary failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+            .find(|p| p.file_name().is_some_and(|n| n == "homeserver"))
+            .expect("cargo reported the homeserver executable")
+    })
+}
+
+/// A logged-in account.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub user_id: String,
+    pub access_token: String,
+    pub device_id: String,
+}
+
+/// A running homeserver process.
+pub struct Server {
+    child: Option<Child>,
+    pub dir: TempDir,
+    env: Vec<(String, String)>,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub http_url: Option<String>,
+    start_count: usize,
+}
+
+/// Options used by every test server unless a test overrides them: ports
+/// chosen by the OS, generous rate limits, default everything else.
+const BASE_ENV: &[(&str, &str)] = &[
+    ("HEARTH_LISTEN__HTTPS", "127.0.0.1:0"),
+    ("HEARTH_ADMIN__BIND", "127.0.0.1:0"),
+    ("HEARTH_RATE_LIMITS__LOGIN_PER_SECOND", "1000"),
+    ("HEARTH_RATE_LIMITS__LOGIN_BURST", "1000"),
+    ("HEARTH_RATE_LIMITS__REGISTRATION_PER_SECOND", "1000"),
+    ("HEARTH_RATE_LIMITS__REGISTRATION_BURST", "1000"),
+    ("HEARTH_LOGGING__LEVEL", "info"),
+];
+
+impl Server {
+    /// Starts a server with the test defaults.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with extra `HEARTH_*` environment overrides.
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut all: Vec<(String, String)> = BASE_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        all.push(("HEARTH_DATA_DIR".into(), dir.path().join("data").display().to_string()));
+        for (k, v) in env {
+            all.retain(|(key, _)| key != k);
+            all.push((k.to_string(), v.to_string()));
+        }
+        let mut server = Self {
+            child: None,
+            dir,
+            env: all,
+            url: String::new(),
+            http: reqwest::Client::new(),
+            http_url: None,
+            start_count: 0,
+        };
+        server.spawn().await;
+        server
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("server-{}.log", self.start_count))
+    }
+
+    /// The command line for this server's binary with its environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(homeserver_binary());
+        cmd.env_clear();
+        if let Ok(path) = std::env::var("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd.current_dir(self.dir.path());
+        cmd
+    }
+
+    async fn spawn(&mut self) {
+        self.start_count += 1;
+        let listening = self.data_dir().join("listening.json");
+        let _ = std::fs::remove_file(&listening);
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let child = self
+            .command()
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start homeserver");
+        self.child = Some(child);
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let info: Value = loop {
+            if let Ok(text) = std::fs::read_to_string(&listening) {
+                if let Ok(v) = serde_json::from_str(&text) {
+                    break v;
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("homeserver exited with {status} during start-up:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "homeserver did not start:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        let https = info["https"].as_str().expect("https address");
+        self.url = format!("https://{https}");
+        self.http_url = info["http"].as_str().map(|a| format!("http://{a}"));
+        self.http = reqwest::Client::builder()
+            .tls_certs_only([self.certificate()])
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        // Wait until /versions answers over HTTPS.
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/_matrix/client/versions", self.url)).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "/versions never answered:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The certificate the server generated, to be trusted by clients.
+    pub fn certificate(&self) -> reqwest::Certificate {
+        reqwest::Certificate::from_pem(&self.certificate_pem()).expect("PEM certificate")
+    }
+
+    pub fn certificate_pem(&self) -> Vec<u8> {
+        std::fs::read(self.data_dir().join("tls/cert.pem")).expect("generated certificate")
+    }
+
+    /// Everything the current process has logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The process ID of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Kills the process without warning (SIGKILL) and starts it again on the same data.
+    pub async fn kill_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn().await;
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not stop after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again after [`Server::terminate`].
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "server still running");
+        self.spawn().await;
+    }
+
+    /// Sends a request; returns the status and the JSON body (Null if none).
+    pub async fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{}", self.url, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.request("GET", path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.request("POST", path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.request("PUT", path, token, Some(body)).await
+    }
+
+    /// Registers through the whole UIA dance (dummy stage) and returns the account.
+    pub async fn register(&self, username: &str, password: &str) -> Account {
+        let (status, first) = self
+            .post("/_matrix/client/v3/register", None, json!({ "username": username, "password": password }))
+            .await;
+        assert_eq!(status, 401, "first register call must ask for UIA: {first}");
+        let session = first["session"].as_str().expect("session").to_owned();
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({
+                    "username": username,
+                    "password": password,
+                    "auth": { "type": "m.login.dummy", "session": session },
+                }),
+            )
+            .await;
+        assert_eq!(status, 200, "register failed: {body}");
+        Account {
+            user_id: body["user_id"].as_str().expect("user_id").to_owned(),
+            access_token: body["access_token"].as_str().expect("access_token").to_owned(),
+            device_id: body["device_id"].as_str().expect("device_id").to_owned(),
+        }
+    }
+
+    /// Password login with an `m.id.user` identifier.
+    pub async fn login(&self, user: &str, password: &str) -> (u16, Value) {
+        self.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": user },
+                "password": password,
+            }),
+        )
+        .await
+    }
+
+    /// The audit log's events so far.
+    pub fn audit_events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.data_dir().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Runs `homeserver admin <args>` against this server's configuration.
+    pub fn admin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut cmd = self.command();
+        cmd.arg("admin").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run admin command");
+        if let Some(input) = stdin {
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().expect("admin command output")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// UIA `auth` object for the password stage.
+pub fn password_auth(user_id: &str, password: &str, session: Option<&str>) -> Value {
+    let mut auth = json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": user_id },
+        "password": password,
+    });
+    if let Some(s) = session {
+        auth["session"] = json!(s);
+    }
+    auth
+}

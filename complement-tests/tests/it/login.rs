@@ -1,0 +1,71 @@
+use complement_tests::Server;
+use serde_json::json;
+
+#[tokio::test]
+async fn login_types() {
+    let s = Server::start().await;
+    let (status, body) = s.get("/_matrix/client/v3/login", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["flows"], json!([{ "type": "m.login.password" }]));
+}
+
+#[tokio::test]
+async fn password_login_by_localpart_full_id_and_legacy_field() {
+    let s = Server::start().await;
+    s.register("erin", "correct horse").await;
+    for user in ["erin", "@erin:localhost"] {
+        let (status, body) = s.login(user, "correct horse").await;
+        assert_eq!(status, 200, "{user}: {body}");
+        assert_eq!(body["user_id"], "@erin:localhost");
+        assert!(body["access_token"].as_str().unwrap().len() >= 40);
+        assert_eq!(body["well_known"]["m.homeserver"]["base_url"].as_str().map(|u| u.starts_with("https://")), Some(true));
+    }
+    let (status, body) = s
+        .post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "user": "erin", "password": "correct horse" }))
+        .await;
+    assert_eq!(status, 200, "legacy `user` field: {body}");
+
+    // Each login is a new device.
+    let (_, a) = s.login("erin", "correct horse").await;
+    let (_, b) = s.login("erin", "correct horse").await;
+    assert_ne!(a["device_id"], b["device_id"]);
+    assert_ne!(a["access_token"], b["access_token"]);
+}
+
+#[tokio::test]
+async fn login_with_existing_device_id_replaces_its_token() {
+    let s = Server::start().await;
+    s.register("fay", "correct horse").await;
+    let login = |dev: &'static str| {
+        s.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "fay" },
+                    "password": "correct horse", "device_id": dev, "initial_device_display_name": "Phone" }),
+        )
+    };
+    let (_, first) = login("PHONE").await;
+    let (_, second) = login("PHONE").await;
+    assert_eq!(second["device_id"], "PHONE");
+    let (status, _) = s.get("/_matrix/client/v3/account/whoami", first["access_token"].as_str()).await;
+    assert_eq!(status, 401, "the device's old token is replaced");
+    let (status, _) = s.get("/_matrix/client/v3/account/whoami", second["access_token"].as_str()).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn bad_credentials_are_forbidden() {
+    let s = Server::start().await;
+    s.register("gus", "correct horse").await;
+    let (status, body) = s.login("gus", "wrong horse").await;
+    assert_eq!(status, 403);
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    let (status, body) = s.login("nobody", "correct horse").await;
+    assert_eq!(status, 403);
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    let (status, body) = s.login("@gus:elsewhere.org", "correct horse").await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.token", "token": "abc" })).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["errcode"], "M_UNKNOWN");
+}

@@ -1,0 +1,13 @@
+//! Black-box tests: each starts the real `homeserver` binary and talks HTTPS to it.
+
+mod accounts;
+mod admin_cli;
+mod devices;
+mod discovery;
+mod errors;
+mod lifecycle;
+mod login;
+mod matrix_sdk_client;
+mod profile;
+mod register;
+mod security;

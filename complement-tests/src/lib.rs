@@ -23,7 +23,14 @@ pub fn homeserver_binary() -> &'static Path {
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
-            .args(["build", "-p", "hearth-homeserver", "--bin", "homeserver", "--message-format=json-render-diagnostics"])
+            .args([
+                "build",
+                "-p",
+                "hearth-homeserver",
+                "--bin",
+                "homeserver",
+                "--message-format=json-render-diagnostics",
+            ])
             .stderr(Stdio::inherit())
             .output()
             .expect("run cargo build");
@@ -121,20 +128,15 @@ impl Server {
         let listening = self.data_dir().join("listening.json");
         let _ = std::fs::remove_file(&listening);
         let log = std::fs::File::create(self.log_path()).expect("log file");
-        let child = self
-            .command()
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start homeserver");
+        let child = self.command().stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("start homeserver");
         self.child = Some(child);
 
         let deadline = Instant::now() + Duration::from_secs(60);
         let info: Value = loop {
-            if let Ok(text) = std::fs::read_to_string(&listening) {
-                if let Ok(v) = serde_json::from_str(&text) {
-                    break v;
-                }
+            if let Ok(text) = std::fs::read_to_string(&listening)
+                && let Ok(v) = serde_json::from_str(&text)
+            {
+                break v;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("homeserver exited with {status} during start-up:\n{}", self.log());
@@ -152,10 +154,10 @@ impl Server {
             .expect("client");
         // Wait until /versions answers over HTTPS.
         loop {
-            if let Ok(r) = self.http.get(format!("{}/_matrix/client/versions", self.url)).send().await {
-                if r.status().is_success() {
-                    break;
-                }
+            if let Ok(r) = self.http.get(format!("{}/_matrix/client/versions", self.url)).send().await
+                && r.status().is_success()
+            {
+                break;
             }
             assert!(Instant::now() < deadline, "/versions never answered:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -191,7 +193,7 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the process to exit.
-    pub fn terminate(&mut self) -> ExitStatus {
+    pub async fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -203,7 +205,7 @@ impl Server {
                 let _ = child.kill();
                 panic!("server did not stop after SIGTERM");
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -243,9 +245,8 @@ impl Server {
 
     /// Registers through the whole UIA dance (dummy stage) and returns the account.
     pub async fn register(&self, username: &str, password: &str) -> Account {
-        let (status, first) = self
-            .post("/_matrix/client/v3/register", None, json!({ "username": username, "password": password }))
-            .await;
+        let (status, first) =
+            self.post("/_matrix/client/v3/register", None, json!({ "username": username, "password": password })).await;
         assert_eq!(status, 401, "first register call must ask for UIA: {first}");
         let session = first["session"].as_str().expect("session").to_owned();
         let (status, body) = self

@@ -60,7 +60,12 @@ pub fn list_users(s: &Services) -> Result<Vec<UserSummary>> {
     Ok(s.users
         .list()?
         .into_iter()
-        .map(|(id, a)| UserSummary { user_id: id.to_string(), admin: a.admin, deactivated: a.deactivated, created_ts: a.created_ts })
+        .map(|(id, a)| UserSummary {
+            user_id: id.to_string(),
+            admin: a.admin,
+            deactivated: a.deactivated,
+            created_ts: a.created_ts,
+        })
         .collect())
 }
 

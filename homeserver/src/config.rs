@@ -155,7 +155,8 @@ impl Config {
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let mut table = parse_table(DEFAULT_CONFIG, "the built-in defaults")?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
             let over = parse_table(&text, &path.display().to_string())?;
             // Reject unknown options before merging, so the message names the file.
             check_known(&table, &over, "")?;
@@ -191,9 +192,10 @@ impl Config {
             }
             cursor.insert(leaf.clone(), value);
         }
-        let text = toml::to_string(&table).map_err(|e| ConfigError::Parse { origin: "merged".into(), message: e.to_string() })?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { origin: "the merged configuration".into(), message: e.to_string() })?;
+        let text = toml::to_string(&table)
+            .map_err(|e| ConfigError::Parse { origin: "merged".into(), message: e.to_string() })?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { origin: "the merged configuration".into(), message: e.to_string() })?;
         config.validate()?;
         Ok(config)
     }
@@ -206,20 +208,22 @@ impl Config {
         if self.tls.certificate.is_empty() != self.tls.private_key.is_empty() {
             return invalid("tls.certificate", "tls.certificate and tls.private_key must be set together".into());
         }
-        if let Some(addr) = self.http_listener()? {
-            if !addr.ip().is_loopback() && !self.listen.http_allow_non_loopback {
-                return invalid(
-                    "listen.http",
-                    format!("{addr} is not a loopback address; set listen.http_allow_non_loopback = true to expose plain HTTP"),
-                );
-            }
+        if let Some(addr) = self.http_listener()?
+            && !addr.ip().is_loopback()
+            && !self.listen.http_allow_non_loopback
+        {
+            return invalid(
+                "listen.http",
+                format!(
+                    "{addr} is not a loopback address; set listen.http_allow_non_loopback = true to expose plain HTTP"
+                ),
+            );
         }
         if !self.admin.bind.ip().is_loopback() {
             return invalid("admin.bind", format!("{} is not a loopback address", self.admin.bind));
         }
-        if !self.well_known.client_base_url.is_empty()
-            && !(self.well_known.client_base_url.starts_with("https://") || self.well_known.client_base_url.starts_with("http://"))
-        {
+        let base = &self.well_known.client_base_url;
+        if !(base.is_empty() || base.starts_with("https://") || base.starts_with("http://")) {
             return invalid("well_known.client_base_url", "must be an http(s) URL".into());
         }
         if self.auth.lockout_threshold == 0 {
@@ -230,7 +234,11 @@ impl Config {
         }
         for (option, rate, burst) in [
             ("rate_limits.login_per_second", self.rate_limits.login_per_second, self.rate_limits.login_burst),
-            ("rate_limits.registration_per_second", self.rate_limits.registration_per_second, self.rate_limits.registration_burst),
+            (
+                "rate_limits.registration_per_second",
+                self.rate_limits.registration_per_second,
+                self.rate_limits.registration_burst,
+            ),
         ] {
             if !(rate.is_finite() && rate > 0.0) || burst == 0 {
                 return invalid(option, "rate must be positive and burst at least 1".into());

@@ -128,10 +128,9 @@ impl Error {
                 (status.unwrap_or(kind.status()), Value::Object(body))
             }
             Self::Uiaa(body) => (StatusCode::UNAUTHORIZED, (**body).clone()),
-            Self::Storage(_) | Self::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({ "errcode": "M_UNKNOWN", "error": "Internal server error" }),
-            ),
+            Self::Storage(_) | Self::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, json!({ "errcode": "M_UNKNOWN", "error": "Internal server error" }))
+            }
         }
     }
 }
@@ -169,7 +168,8 @@ mod tests {
 
     #[test]
     fn request_errors_carry_errcode_status_and_extras() {
-        let (status, body) = Error::new(ErrorKind::LimitExceeded { retry_after_ms: 1500 }, "slow down").to_status_and_body();
+        let (status, body) =
+            Error::new(ErrorKind::LimitExceeded { retry_after_ms: 1500 }, "slow down").to_status_and_body();
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
         assert_eq!(body["retry_after_ms"], 1500);

@@ -55,6 +55,7 @@ fn init_logging(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -67,7 +68,12 @@ fn read_password() -> anyhow::Result<String> {
 }
 
 /// Sends an admin request to the running server.
-async fn remote(config: &Config, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+async fn remote(
+    config: &Config,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
     let file = config.data_dir.join("admin.json");
     let text = std::fs::read_to_string(&file).with_context(|| {
         format!("the database is in use but {} is missing: is the server still starting?", file.display())
@@ -83,7 +89,11 @@ async fn remote(config: &Config, method: reqwest::Method, path: &str, body: Opti
     let status = resp.status();
     let value: serde_json::Value = resp.json().await.unwrap_or_default();
     if !status.is_success() {
-        anyhow::bail!("{} ({})", value["error"].as_str().unwrap_or("request failed"), value["errcode"].as_str().unwrap_or(""));
+        anyhow::bail!(
+            "{} ({})",
+            value["error"].as_str().unwrap_or("request failed"),
+            value["errcode"].as_str().unwrap_or("")
+        );
     }
     Ok(value)
 }
@@ -111,14 +121,16 @@ async fn run_admin(config: Arc<Config>, command: AdminCommand) -> anyhow::Result
     let users: Option<Vec<UserSummary>>;
     match (&direct, command) {
         (Some(s), AdminCommand::CreateUser { user, admin: is_admin }) => {
-            let id = admin::create_user(s, CreateUser { user, password: password.unwrap_or_default(), admin: is_admin })
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let id =
+                admin::create_user(s, CreateUser { user, password: password.unwrap_or_default(), admin: is_admin })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("created {id}");
             users = None;
         }
         (None, AdminCommand::CreateUser { user, admin: is_admin }) => {
-            let body = serde_json::to_value(CreateUser { user, password: password.unwrap_or_default(), admin: is_admin })?;
+            let body =
+                serde_json::to_value(CreateUser { user, password: password.unwrap_or_default(), admin: is_admin })?;
             let v = remote(&config, reqwest::Method::POST, admin::paths::USERS, Some(body)).await?;
             println!("created {}", v["user_id"].as_str().unwrap_or_default());
             users = None;
@@ -135,8 +147,13 @@ async fn run_admin(config: Arc<Config>, command: AdminCommand) -> anyhow::Result
         }
         (None, AdminCommand::ResetPassword { user }) => {
             let path = admin::paths::PASSWORD.replace("{user_id}", &encode_user(&user));
-            remote(&config, reqwest::Method::POST, &path, Some(serde_json::json!({ "password": password.unwrap_or_default() })))
-                .await?;
+            remote(
+                &config,
+                reqwest::Method::POST,
+                &path,
+                Some(serde_json::json!({ "password": password.unwrap_or_default() })),
+            )
+            .await?;
             println!("password reset for {user}");
             users = None;
         }

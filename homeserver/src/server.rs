@@ -62,6 +62,18 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a TLS crypto provider was already installed"))?;
+    // Bind first, so a configured port 0 becomes the real port everywhere it is advertised.
+    let https_listener = std::net::TcpListener::bind(config.listen.https)
+        .with_context(|| format!("cannot listen on {} (listen.https)", config.listen.https))?;
+    https_listener.set_nonblocking(true)?;
+    let https_addr = https_listener.local_addr()?;
+    let config = if config.listen.https != https_addr {
+        let mut c = (*config).clone();
+        c.listen.https = https_addr;
+        Arc::new(c)
+    } else {
+        config
+    };
     let services = open_services(config.clone())?;
     tracing::info!(
         server_name = %config.server_name,
@@ -77,30 +89,17 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         sha256 = %fingerprint,
         "TLS certificate in use; clients must trust this certificate"
     );
-    let rustls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls_files.certificate, &tls_files.private_key)
-        .await
-        .context("cannot load the TLS certificate or key")?;
+    let rustls_config =
+        axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls_files.certificate, &tls_files.private_key)
+            .await
+            .context("cannot load the TLS certificate or key")?;
 
     let app = api::router(services.clone());
     let handle = axum_server::Handle::new();
     let https_app = with_client_ip(app.clone(), false);
-    let mut https_server = tokio::spawn({
-        let handle = handle.clone();
-        let addr = config.listen.https;
-        async move {
-            axum_server::bind_rustls(addr, rustls_config)
-                .handle(handle)
-                .serve(https_app.into_make_service_with_connect_info::<SocketAddr>())
-                .await
-        }
-    });
-    let https_addr = match handle.listening().await {
-        Some(a) => a,
-        None => {
-            let result = (&mut https_server).await?;
-            return Err(anyhow::anyhow!("cannot listen on {}: {:?}", config.listen.https, result.err()));
-        }
-    };
+    let https = axum_server::from_tcp_rustls(https_listener, rustls_config)?.handle(handle.clone());
+    let mut https_server =
+        tokio::spawn(async move { https.serve(https_app.into_make_service_with_connect_info::<SocketAddr>()).await });
     tracing::info!("listening for HTTPS on https://{https_addr}");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -131,12 +130,14 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let admin_addr = admin_listener.local_addr()?;
     let secret = random_token("adm_");
     let admin_file = config.data_dir.join("admin.json");
-    tls::write_private(&admin_file, json!({ "url": format!("http://{admin_addr}"), "secret": secret }).to_string().as_bytes())?;
+    tls::write_private(
+        &admin_file,
+        json!({ "url": format!("http://{admin_addr}"), "secret": secret }).to_string().as_bytes(),
+    )?;
     let admin_app = api::admin::router(services.clone(), secret);
     let admin_stop = wait_stop(stop_rx.clone());
-    let admin_server = tokio::spawn(async move {
-        axum::serve(admin_listener, admin_app).with_graceful_shutdown(admin_stop).await
-    });
+    let admin_server =
+        tokio::spawn(async move { axum::serve(admin_listener, admin_app).with_graceful_shutdown(admin_stop).await });
 
     // Where the listeners ended up (useful when ports are chosen by the OS).
     let listening_file = config.data_dir.join("listening.json");

@@ -69,4 +69,3 @@ fn first_pem_der(pem: &[u8]) -> Option<Vec<u8>> {
     let b64: String = text[start..end].chars().filter(|c| !c.is_whitespace()).collect();
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
-

@@ -73,7 +73,8 @@ async fn refreshed_token_works_when_lifetime_allows() {
                     "password": "correct horse", "refresh_token": true }),
         )
         .await;
-    let (_, renewed) = s.post("/_matrix/client/v3/refresh", None, json!({ "refresh_token": login["refresh_token"] })).await;
+    let (_, renewed) =
+        s.post("/_matrix/client/v3/refresh", None, json!({ "refresh_token": login["refresh_token"] })).await;
     let (status, body) = s.get("/_matrix/client/v3/account/whoami", renewed["access_token"].as_str()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["device_id"], login["device_id"]);
@@ -94,7 +95,11 @@ async fn change_password_behind_uia() {
     let session = body["session"].as_str().unwrap().to_owned();
 
     let (status, body) = s
-        .post(path, Some(&a.access_token), json!({ "new_password": "battery staple", "auth": password_auth(&a.user_id, "wrong", Some(&session)) }))
+        .post(
+            path,
+            Some(&a.access_token),
+            json!({ "new_password": "battery staple", "auth": password_auth(&a.user_id, "wrong", Some(&session)) }),
+        )
         .await;
     assert_eq!(status, 401);
     assert_eq!(body["errcode"], "M_FORBIDDEN");
@@ -138,7 +143,9 @@ async fn uia_session_cannot_be_used_by_another_user() {
     let s = Server::start().await;
     let a = s.register("mo", "correct horse").await;
     let b = s.register("ned", "correct horse").await;
-    let (_, body) = s.post("/_matrix/client/v3/account/password", Some(&a.access_token), json!({ "new_password": "battery staple" })).await;
+    let (_, body) = s
+        .post("/_matrix/client/v3/account/password", Some(&a.access_token), json!({ "new_password": "battery staple" }))
+        .await;
     let session = body["session"].as_str().unwrap().to_owned();
     let (status, body) = s
         .post(

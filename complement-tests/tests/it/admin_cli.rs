@@ -41,7 +41,7 @@ async fn admin_commands_work_while_the_server_runs() {
 async fn admin_commands_work_while_the_server_is_stopped() {
     let mut s = Server::start().await;
     let a = s.register("early", "correct horse").await;
-    assert!(s.terminate().success());
+    assert!(s.terminate().await.success());
 
     let out = stdout(&s.admin(&["create-user", "offline"], Some("correct horse\n")));
     assert!(out.contains("@offline:localhost"));

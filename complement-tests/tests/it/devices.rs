@@ -24,7 +24,8 @@ async fn list_get_and_rename_devices() {
 
     let (status, body) = s.get("/_matrix/client/v3/devices/NOSUCH", Some(&a.access_token)).await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
-    let (status, _) = s.put("/_matrix/client/v3/devices/NOSUCH", Some(&a.access_token), json!({ "display_name": "x" })).await;
+    let (status, _) =
+        s.put("/_matrix/client/v3/devices/NOSUCH", Some(&a.access_token), json!({ "display_name": "x" })).await;
     assert_eq!(status, 404);
 
     // Another user's device is not visible.
@@ -49,13 +50,22 @@ async fn deleting_devices_needs_uia_and_logs_them_out() {
     assert_eq!(s.get("/_matrix/client/v3/account/whoami", second["access_token"].as_str()).await.0, 200, "still there");
 
     let (status, body) = s
-        .request("DELETE", &path, Some(&a.access_token), Some(json!({ "auth": password_auth(&a.user_id, "correct horse", body["session"].as_str()) })))
+        .request(
+            "DELETE",
+            &path,
+            Some(&a.access_token),
+            Some(json!({ "auth": password_auth(&a.user_id, "correct horse", body["session"].as_str()) })),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(s.get("/_matrix/client/v3/account/whoami", second["access_token"].as_str()).await.0, 401);
 
     let (status, body) = s
-        .post("/_matrix/client/v3/delete_devices", Some(&a.access_token), json!({ "devices": [third["device_id"], "UNKNOWN"] }))
+        .post(
+            "/_matrix/client/v3/delete_devices",
+            Some(&a.access_token),
+            json!({ "devices": [third["device_id"], "UNKNOWN"] }),
+        )
         .await;
     assert_eq!(status, 401, "{body}");
     let (status, body) = s

@@ -16,7 +16,8 @@ async fn malformed_and_mistyped_bodies() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["errcode"], "M_NOT_JSON");
 
-    let (status, body) = s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "password": 5 })).await;
+    let (status, body) =
+        s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "password": 5 })).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["errcode"], "M_BAD_JSON");
 

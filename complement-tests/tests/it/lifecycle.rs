@@ -17,7 +17,7 @@ async fn acknowledged_registration_survives_a_kill() {
 async fn sigterm_stops_gracefully_and_data_stays() {
     let mut s = Server::start().await;
     let a = s.register("graceful", "correct horse").await;
-    let status = s.terminate();
+    let status = s.terminate().await;
     assert!(status.success(), "exit status {status}");
     assert!(s.log().contains("storage flushed; stopped"), "{}", s.log());
     assert!(!s.data_dir().join("admin.json").exists(), "the admin secret is removed at shutdown");
@@ -36,10 +36,13 @@ async fn certificate_and_signing_key_are_generated_once_and_logged() {
         let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
         decode_base64(&b64)
     };
-    let fingerprint: String =
-        Sha256::digest(&der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+    let fingerprint: String = Sha256::digest(&der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
     assert!(s.log().contains(&fingerprint), "the log names the certificate's SHA-256 fingerprint");
-    let key_line = |log: &str| log.lines().find(|l| l.contains("signing_key=")).map(|l| l.split("signing_key=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned());
+    let key_line = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("signing_key="))
+            .map(|l| l.split("signing_key=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned())
+    };
     let key_before = key_line(&s.log()).expect("signing key logged");
     s.kill_and_restart().await;
     assert_eq!(s.certificate_pem(), pem, "the certificate is reused");
@@ -70,7 +73,11 @@ fn decode_base64(s: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn plain_http_listener_for_reverse_proxies() {
-    let s = Server::start_with(&[("HEARTH_LISTEN__HTTP", "127.0.0.1:0"), ("HEARTH_LISTEN__HTTP_TRUST_FORWARDED_FOR", "true")]).await;
+    let s = Server::start_with(&[
+        ("HEARTH_LISTEN__HTTP", "127.0.0.1:0"),
+        ("HEARTH_LISTEN__HTTP_TRUST_FORWARDED_FOR", "true"),
+    ])
+    .await;
     let url = s.http_url.clone().expect("http listener address");
     let resp = reqwest::get(format!("{url}/_matrix/client/versions")).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -93,7 +100,11 @@ fn invalid_configuration_fails_naming_the_option() {
     let dir = tempfile::tempdir().unwrap();
     let run = |envs: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(homeserver_binary());
-        cmd.env_clear().current_dir(dir.path()).envs(envs.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.env_clear()
+            .current_dir(dir.path())
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd.output().unwrap()
     };
     let out = run(&[("HEARTH_LISTEN__HTTP", "0.0.0.0:8008")]);
@@ -105,9 +116,14 @@ fn invalid_configuration_fails_naming_the_option() {
 
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "[listen]\nhttps = \"127.0.0.1:0\"\nmystery = 1\n").unwrap();
-    let out = std::process::Command::new(homeserver_binary()).arg("--config").arg(&config).env_clear().output().unwrap();
+    let out =
+        std::process::Command::new(homeserver_binary()).arg("--config").arg(&config).env_clear().output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listen.mystery"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listen.mystery"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!dir.path().join("data").exists(), "nothing is created when the configuration is invalid");
 }
 

@@ -10,11 +10,19 @@ async fn display_name_and_avatar() {
     assert_eq!(body["displayname"], "sam", "the localpart is the initial display name");
 
     let (status, _) = s
-        .put("/_matrix/client/v3/profile/@sam:localhost/displayname", Some(&a.access_token), json!({ "displayname": "Samwise" }))
+        .put(
+            "/_matrix/client/v3/profile/@sam:localhost/displayname",
+            Some(&a.access_token),
+            json!({ "displayname": "Samwise" }),
+        )
         .await;
     assert_eq!(status, 200);
     let (status, _) = s
-        .put("/_matrix/client/v3/profile/@sam:localhost/avatar_url", Some(&a.access_token), json!({ "avatar_url": "mxc://localhost/abc" }))
+        .put(
+            "/_matrix/client/v3/profile/@sam:localhost/avatar_url",
+            Some(&a.access_token),
+            json!({ "avatar_url": "mxc://localhost/abc" }),
+        )
         .await;
     assert_eq!(status, 200);
     let (status, body) = s.get("/_matrix/client/v3/profile/@sam:localhost", None).await;
@@ -30,14 +38,22 @@ async fn profile_errors() {
     let a = s.register("tia", "correct horse").await;
     s.register("uma", "correct horse").await;
     let (status, body) = s
-        .put("/_matrix/client/v3/profile/@uma:localhost/displayname", Some(&a.access_token), json!({ "displayname": "hacked" }))
+        .put(
+            "/_matrix/client/v3/profile/@uma:localhost/displayname",
+            Some(&a.access_token),
+            json!({ "displayname": "hacked" }),
+        )
         .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
     let (_, body) = s.get("/_matrix/client/v3/profile/@uma:localhost/displayname", None).await;
     assert_eq!(body["displayname"], "uma");
 
     let (status, body) = s
-        .put("/_matrix/client/v3/profile/@tia:localhost/avatar_url", Some(&a.access_token), json!({ "avatar_url": "https://evil/x.png" }))
+        .put(
+            "/_matrix/client/v3/profile/@tia:localhost/avatar_url",
+            Some(&a.access_token),
+            json!({ "avatar_url": "https://evil/x.png" }),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = s.get("/_matrix/client/v3/profile/@nobody:localhost", None).await;
@@ -46,7 +62,11 @@ async fn profile_errors() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["errcode"], "M_INVALID_PARAM");
     let (status, _) = s
-        .put("/_matrix/client/v3/profile/@tia:localhost/displayname", Some(&a.access_token), json!({ "displayname": "x".repeat(300) }))
+        .put(
+            "/_matrix/client/v3/profile/@tia:localhost/displayname",
+            Some(&a.access_token),
+            json!({ "displayname": "x".repeat(300) }),
+        )
         .await;
     assert_eq!(status, 400);
 }

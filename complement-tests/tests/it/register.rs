@@ -59,8 +59,9 @@ async fn username_rules() {
 #[tokio::test]
 async fn weak_or_missing_password_creates_nothing() {
     let s = Server::start().await;
-    let (status, body) =
-        s.post(REG, None, json!({ "username": "weak", "password": "short", "auth": { "type": "m.login.dummy" } })).await;
+    let (status, body) = s
+        .post(REG, None, json!({ "username": "weak", "password": "short", "auth": { "type": "m.login.dummy" } }))
+        .await;
     assert_eq!(status, 400);
     assert_eq!(body["errcode"], "M_WEAK_PASSWORD");
     let (status, body) = s.post(REG, None, json!({ "username": "weak", "auth": { "type": "m.login.dummy" } })).await;

@@ -16,7 +16,8 @@ async fn account_locks_after_repeated_failures_and_is_audited() {
     assert!(wait > 500_000 && wait <= 600_000, "{wait}");
 
     let events = s.audit_events();
-    let failed: Vec<_> = events.iter().filter(|e| e["event"] == "login_failed" && e["user"] == "@vic:localhost").collect();
+    let failed: Vec<_> =
+        events.iter().filter(|e| e["event"] == "login_failed" && e["user"] == "@vic:localhost").collect();
     assert_eq!(failed.len(), 4, "{events:?}");
     assert!(failed.iter().all(|e| e["remote"] == "127.0.0.1" && e["ts"].as_u64().is_some() && e["reason"].is_string()));
     assert_eq!(events.iter().filter(|e| e["event"] == "account_locked").count(), 1, "{events:?}");

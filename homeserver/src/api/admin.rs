@@ -44,7 +44,11 @@ fn check(state: &AdminState, headers: &HeaderMap) -> Result<()> {
     Ok(())
 }
 
-async fn create_user(State(st): State<AdminState>, headers: HeaderMap, Json(req): Json<CreateUser>) -> Result<Json<Value>> {
+async fn create_user(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Json(req): Json<CreateUser>,
+) -> Result<Json<Value>> {
     check(&st, &headers)?;
     let user_id = admin::create_user(&st.services, req).await?;
     Ok(Json(json!({ "user_id": user_id })))

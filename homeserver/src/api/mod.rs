@@ -103,10 +103,10 @@ impl AuthDispatch for AppserviceTokenOptional {
 }
 
 fn extract_token(parts: &http::request::Parts) -> Option<String> {
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(t) = value.strip_prefix("Bearer ") {
-            return Some(t.trim().to_owned());
-        }
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(t) = value.strip_prefix("Bearer ")
+    {
+        return Some(t.trim().to_owned());
     }
     let query = parts.uri.query()?;
     url_query_pairs(query).find(|(k, _)| k == "access_token").map(|(_, v)| v)
@@ -191,8 +191,7 @@ fn deserialization_error(e: FromHttpRequestError) -> Error {
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit");
         if too_large {
             crate::err!(TooLarge, "Request body is larger than {limit} bytes")

@@ -3,12 +3,7 @@
 //! Each event is written as one JSON line to the audit file, emitted on the
 //! `audit` tracing target, and counted.
 
-use std::{
-    collections::BTreeMap,
-    io::Write,
-    path::Path,
-    sync::Mutex,
-};
+use std::{collections::BTreeMap, io::Write, path::Path, sync::Mutex};
 
 use serde::Serialize;
 

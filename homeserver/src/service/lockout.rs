@@ -57,7 +57,11 @@ impl Service {
             f.locked_until = Some(now + self.config.auth.lockout_secs * 1000);
         }
         let mut batch = Batch::new();
-        batch.insert(trees::USERID_LOGINFAILURES, user_id.as_bytes().to_vec(), serde_json::to_vec(&f).expect("serializes"));
+        batch.insert(
+            trees::USERID_LOGINFAILURES,
+            user_id.as_bytes().to_vec(),
+            serde_json::to_vec(&f).expect("serializes"),
+        );
         self.db.commit(batch).await?;
         Ok(locked)
     }

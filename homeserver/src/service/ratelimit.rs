@@ -86,7 +86,9 @@ mod tests {
         assert!(s.check_at(Action::Login, "ip", t0).is_ok());
         assert!(s.check_at(Action::Login, "ip", t0).is_ok());
         let err = s.check_at(Action::Login, "ip", t0).unwrap_err();
-        assert!(matches!(err.kind(), ErrorKind::LimitExceeded { retry_after_ms } if retry_after_ms > 0 && retry_after_ms <= 1000));
+        assert!(
+            matches!(err.kind(), ErrorKind::LimitExceeded { retry_after_ms } if retry_after_ms > 0 && retry_after_ms <= 1000)
+        );
         // Other keys and actions have their own buckets.
         assert!(s.check_at(Action::Login, "other", t0).is_ok());
         assert!(s.check_at(Action::Registration, "ip", t0).is_ok());

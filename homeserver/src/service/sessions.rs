@@ -52,9 +52,14 @@ pub struct Issued {
 /// The outcome of looking up an access token.
 #[derive(Debug, Clone)]
 pub enum TokenStatus {
-    Valid { user_id: OwnedUserId, device_id: OwnedDeviceId },
+    Valid {
+        user_id: OwnedUserId,
+        device_id: OwnedDeviceId,
+    },
     /// The token existed but expired; a refresh token can renew the session.
-    Expired { user_id: OwnedUserId },
+    Expired {
+        user_id: OwnedUserId,
+    },
     Unknown,
 }
 
@@ -138,7 +143,13 @@ impl Service {
         Ok(())
     }
 
-    fn new_tokens(&self, user_id: &UserId, device_id: &DeviceId, with_refresh: bool, batch: &mut Batch) -> (Issued, String, Option<String>) {
+    fn new_tokens(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        with_refresh: bool,
+        batch: &mut Batch,
+    ) -> (Issued, String, Option<String>) {
         let access_token = random_token("hat_");
         let access_hash = token_hash(&access_token);
         let (refresh_token, refresh_hash, expires_in_ms) = if with_refresh {

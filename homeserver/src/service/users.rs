@@ -77,10 +77,7 @@ pub fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
         return Err(err!(InvalidUsername, "The username must not be empty"));
     }
     if !localpart.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+')) {
-        return Err(err!(
-            InvalidUsername,
-            "Usernames may only contain lower-case letters, digits and . _ = - / +"
-        ));
+        return Err(err!(InvalidUsername, "Usernames may only contain lower-case letters, digits and . _ = - / +"));
     }
     if localpart.len() + server_name.len() + 2 > 255 {
         return Err(err!(InvalidUsername, "The user ID would be longer than 255 bytes"));
@@ -175,12 +172,14 @@ impl Service {
         }
         let now = now_ms();
         let account = Account { password_hash, admin: new.admin, deactivated: false, created_ts: now };
-        let profile = Profile { displayname: new.displayname.or_else(|| Some(user_id.localpart().to_owned())), avatar_url: None };
+        let profile =
+            Profile { displayname: new.displayname.or_else(|| Some(user_id.localpart().to_owned())), avatar_url: None };
         let mut batch = Batch::new();
         batch.insert(trees::USERID_ACCOUNT, user_id.as_bytes().to_vec(), encode(&account));
         batch.insert(trees::USERID_PROFILE, user_id.as_bytes().to_vec(), encode(&profile));
         if let Some(email) = new.email {
-            let pid = ThreePid { medium: "email".into(), address: email.to_lowercase(), added_at: now, validated_at: None };
+            let pid =
+                ThreePid { medium: "email".into(), address: email.to_lowercase(), added_at: now, validated_at: None };
             batch.insert(trees::USERIDTHREEPID_INFO, threepid_key(user_id, &pid.medium, &pid.address), encode(&pid));
         }
         self.db.commit(batch).await?;
@@ -217,10 +216,9 @@ impl Service {
         let mut out = Vec::new();
         for item in tree.scan_prefix(b"") {
             let (k, v) = item?;
-            let id = std::str::from_utf8(&k)
-                .ok()
-                .and_then(|s| UserId::parse(s).ok())
-                .ok_or_else(|| crate::storage::StorageError::Corrupt { tree: trees::USERID_ACCOUNT, reason: "bad key".into() })?;
+            let id = std::str::from_utf8(&k).ok().and_then(|s| UserId::parse(s).ok()).ok_or_else(|| {
+                crate::storage::StorageError::Corrupt { tree: trees::USERID_ACCOUNT, reason: "bad key".into() }
+            })?;
             out.push((id, decode(trees::USERID_ACCOUNT, &v)?));
         }
         Ok(out)

@@ -7,7 +7,7 @@
 #[doc(hidden)]
 macro_rules! storage_conformance_tests {
     ($make:expr) => {
-        use $crate::storage::{Batch, Store, StorageError, trees};
+        use $crate::storage::{Batch, StorageError, Store, trees};
 
         fn make() -> impl Store {
             $make

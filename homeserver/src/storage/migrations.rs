@@ -21,8 +21,10 @@ pub fn stored_version(db: &Db) -> StorageResult<u64> {
     let global = db.tree(trees::GLOBAL)?;
     match global.get(SCHEMA_VERSION_KEY)? {
         None => Ok(0),
-        Some(bytes) => codec::u64_from(&bytes)
-            .ok_or_else(|| StorageError::Corrupt { tree: trees::GLOBAL, reason: "schema_version is not 8 bytes".into() }),
+        Some(bytes) => codec::u64_from(&bytes).ok_or_else(|| StorageError::Corrupt {
+            tree: trees::GLOBAL,
+            reason: "schema_version is not 8 bytes".into(),
+        }),
     }
 }
 

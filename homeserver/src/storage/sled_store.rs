@@ -33,9 +33,7 @@ impl KvTree for SledTree {
     }
 
     fn scan_prefix<'a>(&'a self, prefix: &[u8]) -> KvIter<'a> {
-        Box::new(
-            self.0.scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend)),
-        )
+        Box::new(self.0.scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend)))
     }
 
     fn range<'a>(&'a self, from: &[u8], to: Option<&[u8]>, reverse: bool) -> KvIter<'a> {

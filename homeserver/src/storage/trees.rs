@@ -31,7 +31,9 @@ pub const USERID_LOGINFAILURES: &str = "userid_loginfailures";
 
 /// All trees, in the order they are opened.
 pub const ALL: &[TreeDef] = &[
-    TreeDef { name: GLOBAL, layout: "name → value: schema_version (u64 BE), signing_key (PKCS#8 DER), signing_key_id" },
+    TreeDef {
+        name: GLOBAL, layout: "name → value: schema_version (u64 BE), signing_key (PKCS#8 DER), signing_key_id"
+    },
     TreeDef { name: USERID_ACCOUNT, layout: "user_id → {password_hash, admin, deactivated, created_ts}" },
     TreeDef { name: USERID_PROFILE, layout: "user_id → {displayname?, avatar_url?}" },
     TreeDef { name: USERIDTHREEPID_INFO, layout: "user_id SEP medium SEP address → {added_at, validated_at?}" },

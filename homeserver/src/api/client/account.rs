@@ -3,7 +3,7 @@ use std::sync::Arc;
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedUserId, UInt,
     api::client::{
-        account::{change_password, deactivate, get_3pids, whoami, ThirdPartyIdRemovalStatus},
+        account::{ThirdPartyIdRemovalStatus, change_password, deactivate, get_3pids, whoami},
         uiaa::{AuthData, UserIdentifier},
     },
     thirdparty::{Medium, ThirdPartyIdentifierInit},
@@ -23,7 +23,12 @@ use crate::{
 };
 
 /// Runs the `m.login.password` UIA flow for an authenticated user.
-pub(super) async fn require_password(s: &Arc<Services>, auth: Option<&AuthData>, user_id: &OwnedUserId, remote: &str) -> Result<()> {
+pub(super) async fn require_password(
+    s: &Arc<Services>,
+    auth: Option<&AuthData>,
+    user_id: &OwnedUserId,
+    remote: &str,
+) -> Result<()> {
     let services = s.clone();
     s.uiaa
         .authenticate(&[&[uiaa::PASSWORD]], auth, Some(user_id), |auth| {
@@ -40,10 +45,19 @@ pub(super) async fn require_password(s: &Arc<Services>, auth: Option<&AuthData>,
                     _ => None,
                 };
                 if named.as_ref() != Some(&user_id) {
-                    return Ok(StageResult::Failed(err!(Forbidden, "The identifier does not match the logged-in user")));
+                    return Ok(StageResult::Failed(err!(
+                        Forbidden,
+                        "The identifier does not match the logged-in user"
+                    )));
                 }
-                match password_auth::verify(&services, &user_id, p.password.clone(), &remote, AuditKind::UiaPasswordFailed)
-                    .await
+                match password_auth::verify(
+                    &services,
+                    &user_id,
+                    p.password.clone(),
+                    &remote,
+                    AuditKind::UiaPasswordFailed,
+                )
+                .await
                 {
                     Ok(()) => Ok(StageResult::Done),
                     Err(e) if matches!(e.kind(), ErrorKind::LimitExceeded { .. }) => Err(e),
@@ -79,7 +93,10 @@ pub async fn change_password_route(
 }
 
 /// `POST /_matrix/client/v3/account/deactivate`
-pub async fn deactivate_route(s: Arc<Services>, body: Ruma<deactivate::v3::Request>) -> Result<deactivate::v3::Response> {
+pub async fn deactivate_route(
+    s: Arc<Services>,
+    body: Ruma<deactivate::v3::Request>,
+) -> Result<deactivate::v3::Response> {
     let user_id = body.user()?.to_owned();
     require_password(&s, body.body.auth.as_ref(), &user_id, &body.remote_str()).await?;
     s.deactivate_account(&user_id).await?;

@@ -6,7 +6,13 @@ use ruma::{
 };
 
 use super::account::require_password;
-use crate::{api::Ruma, err, error::Result, service::{Services, sessions::Device}, storage::Batch};
+use crate::{
+    api::Ruma,
+    err,
+    error::Result,
+    service::{Services, sessions::Device},
+    storage::Batch,
+};
 
 fn to_ruma(id: OwnedDeviceId, device: Device) -> d::Device {
     let mut out = d::Device::new(id);
@@ -17,17 +23,21 @@ fn to_ruma(id: OwnedDeviceId, device: Device) -> d::Device {
 }
 
 /// `GET /_matrix/client/v3/devices`
-pub async fn get_devices_route(s: Arc<Services>, body: Ruma<get_devices::v3::Request>) -> Result<get_devices::v3::Response> {
+pub async fn get_devices_route(
+    s: Arc<Services>,
+    body: Ruma<get_devices::v3::Request>,
+) -> Result<get_devices::v3::Response> {
     let devices = s.sessions.devices(body.user()?)?.into_iter().map(|(id, dev)| to_ruma(id, dev)).collect();
     Ok(get_devices::v3::Response::new(devices))
 }
 
 /// `GET /_matrix/client/v3/devices/{deviceId}`
-pub async fn get_device_route(s: Arc<Services>, body: Ruma<get_device::v3::Request>) -> Result<get_device::v3::Response> {
-    let device = s
-        .sessions
-        .device(body.user()?, &body.body.device_id)?
-        .ok_or_else(|| err!(NotFound, "No such device"))?;
+pub async fn get_device_route(
+    s: Arc<Services>,
+    body: Ruma<get_device::v3::Request>,
+) -> Result<get_device::v3::Response> {
+    let device =
+        s.sessions.device(body.user()?, &body.body.device_id)?.ok_or_else(|| err!(NotFound, "No such device"))?;
     Ok(get_device::v3::Response::new(to_ruma(body.body.device_id.clone(), device)))
 }
 

@@ -5,7 +5,12 @@ use ruma::{
     api::client::profile::{get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name},
 };
 
-use crate::{api::Ruma, err, error::Result, service::{Services, users::Profile}};
+use crate::{
+    api::Ruma,
+    err,
+    error::Result,
+    service::{Services, users::Profile},
+};
 
 fn load(s: &Services, user_id: &UserId) -> Result<Profile> {
     match s.users.profile(user_id)? {
@@ -22,7 +27,10 @@ fn own(body_user: &UserId, sender: &UserId) -> Result<()> {
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}`
-pub async fn get_profile_route(s: Arc<Services>, body: Ruma<get_profile::v3::Request>) -> Result<get_profile::v3::Response> {
+pub async fn get_profile_route(
+    s: Arc<Services>,
+    body: Ruma<get_profile::v3::Request>,
+) -> Result<get_profile::v3::Response> {
     let p = load(&s, &body.body.user_id)?;
     let mut response = get_profile::v3::Response::new();
     if let Some(d) = p.displayname {

@@ -22,11 +22,7 @@ use crate::{
 };
 
 fn registration_flows(s: &Services) -> &'static [&'static [&'static str]] {
-    if s.config.registration.tokens.is_empty() {
-        &[&[uiaa::DUMMY]]
-    } else {
-        &[&[uiaa::REGISTRATION_TOKEN]]
-    }
+    if s.config.registration.tokens.is_empty() { &[&[uiaa::DUMMY]] } else { &[&[uiaa::REGISTRATION_TOKEN]] }
 }
 
 fn token_is_valid(s: &Services, token: &str) -> bool {
@@ -104,9 +100,7 @@ pub async fn register_route(s: Arc<Services>, body: Ruma<register::v3::Request>)
         return Err(err!(MissingParam, "A password is required"));
     };
     s.users.check_password_strength(&password)?;
-    s.users
-        .create(&user_id, NewAccount { password: Some(password), admin: false, displayname, email })
-        .await?;
+    s.users.create(&user_id, NewAccount { password: Some(password), admin: false, displayname, email }).await?;
     tracing::info!(user = %user_id, "registered a new user");
 
     let mut response = register::v3::Response::new(user_id.clone());

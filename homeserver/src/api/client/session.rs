@@ -12,7 +12,7 @@ use ruma::api::client::{
 use crate::{
     api::Ruma,
     err,
-    error::Result,
+    error::{Error, ErrorKind, Result},
     service::{Services, audit::AuditKind, password_auth, ratelimit::Action},
     storage::Batch,
 };
@@ -28,7 +28,11 @@ pub async fn login_route(s: Arc<Services>, body: Ruma<login::Request>) -> Result
     s.ratelimit.check(Action::Login, &remote)?;
     let req = &body.body;
     let LoginInfo::Password(info) = &req.login_info else {
-        return Err(err!(Unknown, "Unsupported login type {:?}", req.login_info.login_type()));
+        return Err(Error::with_status(
+            ErrorKind::Unknown,
+            http::StatusCode::BAD_REQUEST,
+            format!("Unsupported login type {:?}", req.login_info.login_type()),
+        ));
     };
     #[allow(deprecated)]
     let user = match (&info.identifier, &info.user) {
@@ -48,17 +52,29 @@ pub async fn login_route(s: Arc<Services>, body: Ruma<login::Request>) -> Result
 
     let issued = s
         .sessions
-        .login(&user_id, req.device_id.clone(), req.initial_device_display_name.clone(), req.refresh_token, Some(remote))
+        .login(
+            &user_id,
+            req.device_id.clone(),
+            req.initial_device_display_name.clone(),
+            req.refresh_token,
+            Some(remote),
+        )
         .await?;
     let mut response = login::Response::new(user_id, issued.access_token, issued.device_id);
     response.refresh_token = issued.refresh_token;
     response.expires_in = issued.expires_in_ms.map(std::time::Duration::from_millis);
-    response.well_known = Some(DiscoveryInfo::new(HomeserverInfo::new(s.config.client_base_url())));
+    // Only an explicitly configured base URL is pushed to clients, which switch to it.
+    if !s.config.well_known.client_base_url.is_empty() {
+        response.well_known = Some(DiscoveryInfo::new(HomeserverInfo::new(s.config.client_base_url())));
+    }
     Ok(response)
 }
 
 /// `POST /_matrix/client/v3/refresh`
-pub async fn refresh_route(s: Arc<Services>, body: Ruma<refresh_token::v3::Request>) -> Result<refresh_token::v3::Response> {
+pub async fn refresh_route(
+    s: Arc<Services>,
+    body: Ruma<refresh_token::v3::Request>,
+) -> Result<refresh_token::v3::Response> {
     let (_, issued) = s.sessions.refresh(&body.body.refresh_token).await?;
     let mut response = refresh_token::v3::Response::new(issued.access_token);
     response.refresh_token = issued.refresh_token;
@@ -75,7 +91,10 @@ pub async fn logout_route(s: Arc<Services>, body: Ruma<logout::v3::Request>) -> 
 }
 
 /// `POST /_matrix/client/v3/logout/all`
-pub async fn logout_all_route(s: Arc<Services>, body: Ruma<logout_all::v3::Request>) -> Result<logout_all::v3::Response> {
+pub async fn logout_all_route(
+    s: Arc<Services>,
+    body: Ruma<logout_all::v3::Request>,
+) -> Result<logout_all::v3::Response> {
     let mut batch = Batch::new();
     s.sessions.remove_all_devices_batch(body.user()?, None, &mut batch)?;
     s.sessions.commit(batch).await?;

@@ -170,7 +170,8 @@ impl Server {
     }
 
     pub fn certificate_pem(&self) -> Vec<u8> {
-        std::fs::read(self.data_dir().join("tls/cert.pem")).expect("generated certificate")
+        let configured = self.env.iter().find(|(k, _)| k == "HEARTH_TLS__CERTIFICATE").map(|(_, v)| PathBuf::from(v));
+        std::fs::read(configured.unwrap_or_else(|| self.data_dir().join("tls/cert.pem"))).expect("certificate file")
     }
 
     /// Everything the current process has logged.

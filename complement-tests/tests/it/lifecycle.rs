@@ -180,3 +180,23 @@ async fn config_file_is_used() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn configured_certificate_replaces_the_generated_one() {
+    // Borrow a certificate from one server and configure it on another.
+    let donor = Server::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let cert = files.path().join("chain.pem");
+    let key = files.path().join("key.pem");
+    std::fs::copy(donor.data_dir().join("tls/cert.pem"), &cert).unwrap();
+    std::fs::copy(donor.data_dir().join("tls/key.pem"), &key).unwrap();
+    let cert_path = cert.display().to_string();
+    let key_path = key.display().to_string();
+    let s =
+        Server::start_with(&[("HEARTH_TLS__CERTIFICATE", &cert_path), ("HEARTH_TLS__PRIVATE_KEY", &key_path)]).await;
+    assert!(!s.data_dir().join("tls/cert.pem").exists(), "no certificate is generated when one is configured");
+    // A client trusting only the donor's certificate reaches the new server.
+    let client = reqwest::Client::builder().tls_certs_only([donor.certificate()]).build().unwrap();
+    let resp = client.get(format!("{}/_matrix/client/versions", s.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -129,3 +129,32 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+#[tokio::test]
+async fn login_rate_limit_per_account_across_addresses() {
+    // Through a trusted proxy each request comes from a different address,
+    // so only the account's bucket can stop them.
+    let s = Server::start_with(&[
+        ("HEARTH_LISTEN__HTTP", "127.0.0.1:0"),
+        ("HEARTH_LISTEN__HTTP_TRUST_FORWARDED_FOR", "true"),
+        ("HEARTH_RATE_LIMITS__LOGIN_PER_SECOND", "0.001"),
+        ("HEARTH_RATE_LIMITS__LOGIN_BURST", "3"),
+        ("HEARTH_AUTH__LOCKOUT_THRESHOLD", "100"),
+    ])
+    .await;
+    s.register("target", "correct horse").await;
+    let url = s.http_url.clone().unwrap();
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let resp = client
+            .post(format!("{url}/_matrix/client/v3/login"))
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .json(&serde_json::json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "target" }, "password": "guess" }))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, vec![403, 403, 403, 429, 429]);
+}

@@ -76,7 +76,8 @@ pub async fn reset_password(s: &Services, user: &str, password: String) -> Resul
         return Err(err!(UserDeactivated, "{id} is deactivated"));
     }
     s.users.check_password_strength(&password)?;
-    s.users.set_password(&id, password).await?;
+    // A reset ends every session and lifts any lockout.
+    s.change_password(&id, password, Some(None)).await?;
     Ok(())
 }
 

@@ -113,9 +113,9 @@ async fn run_admin(config: Arc<Config>, command: AdminCommand) -> anyhow::Result
         _ => None,
     };
     // Open the database directly when no server holds it; otherwise go through the server.
-    let direct = match server::open_services(config.clone()) {
+    let direct = match server::open_services(config.clone(), server::Open::ExistingOnly) {
         Ok(s) => Some(s),
-        Err(e) if e.to_string().contains("in use by another process") => None,
+        Err(e) if e.is::<server::DatabaseInUse>() => None,
         Err(e) => return Err(e),
     };
     let users: Option<Vec<UserSummary>>;

@@ -10,26 +10,57 @@ use crate::{
     api,
     config::Config,
     service::Services,
-    storage::{Db, migrations, sled_store::SledStore},
+    storage::{Db, StorageError, migrations, sled_store::SledStore},
     tls,
     util::random_token,
 };
 
+/// How [`open_services`] treats a missing database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// Create the data directory and database if they do not exist.
+    CreateIfMissing,
+    /// Fail if there is no database yet (admin commands pointed at the wrong place).
+    ExistingOnly,
+}
+
+/// Opening failed because a running server holds the database.
+#[derive(Debug, thiserror::Error)]
+#[error("the database in {0} is in use by another process")]
+pub struct DatabaseInUse(pub String);
+
 /// Opens the database in `data_dir/db`, migrates it and builds the services.
-pub fn open_services(config: Arc<Config>) -> anyhow::Result<Arc<Services>> {
-    std::fs::create_dir_all(&config.data_dir)
+pub fn open_services(config: Arc<Config>, mode: Open) -> anyhow::Result<Arc<Services>> {
+    let db_path = config.data_dir.join("db");
+    if mode == Open::ExistingOnly && !db_path.exists() {
+        anyhow::bail!(
+            "there is no database in {}: pass the server's --config (or HEARTH_DATA_DIR)",
+            config.data_dir.display()
+        );
+    }
+    create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let store = SledStore::open(&config.data_dir.join("db")).map_err(|e| {
-        if crate::storage::sled_store::is_locked_error(&e) {
-            anyhow::anyhow!("the database in {} is in use by another process", config.data_dir.display())
-        } else {
-            anyhow::anyhow!("cannot open the database: {e}")
-        }
+    let store = SledStore::open(&db_path).map_err(|e| match e {
+        StorageError::Locked => anyhow::Error::new(DatabaseInUse(config.data_dir.display().to_string())),
+        e => anyhow::anyhow!("cannot open the database: {e}"),
     })?;
     let db = Db::new(Arc::new(store));
     let version = migrations::run(&db)?;
     tracing::debug!(version, "database schema is current");
     Ok(Services::build(config, db)?)
+}
+
+/// Creates a directory (and parents) readable only by its owner.
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(path)
+    }
 }
 
 fn with_client_ip(router: Router, trust_forwarded: bool) -> Router {
@@ -74,7 +105,10 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     } else {
         config
     };
-    let services = open_services(config.clone())?;
+    // A secret left behind by a killed server must never be used.
+    let admin_file = config.data_dir.join("admin.json");
+    let services = open_services(config.clone(), Open::CreateIfMissing)?;
+    let _ = std::fs::remove_file(&admin_file);
     tracing::info!(
         server_name = %config.server_name,
         signing_key = %services.server_keys.key_id(),
@@ -129,7 +163,6 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (admin.bind)", config.admin.bind))?;
     let admin_addr = admin_listener.local_addr()?;
     let secret = random_token("adm_");
-    let admin_file = config.data_dir.join("admin.json");
     tls::write_private(
         &admin_file,
         json!({ "url": format!("http://{admin_addr}"), "secret": secret }).to_string().as_bytes(),
@@ -166,10 +199,12 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         let _ = https_server.await;
     }
     let _ = stop_tx.send(true);
+    // Every listener gets the same bounded time to drain.
+    let drain = Duration::from_secs(30);
     if let Some(h) = http_server {
-        let _ = h.await;
+        let _ = tokio::time::timeout(drain, h).await;
     }
-    let _ = admin_server.await;
+    let _ = tokio::time::timeout(drain, admin_server).await;
     let _ = std::fs::remove_file(&admin_file);
     let _ = std::fs::remove_file(&listening_file);
     services.db.flush_now()?;

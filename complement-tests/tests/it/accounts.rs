@@ -195,3 +195,48 @@ async fn deactivation_ends_every_session_at_once() {
     let (status, _) = s.get("/_matrix/client/v3/profile/@olga:localhost", None).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn concurrent_refreshes_spend_the_token_once() {
+    let s = Server::start().await;
+    s.register("racer", "correct horse").await;
+    let (_, login) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "racer" },
+                    "password": "correct horse", "refresh_token": true }),
+        )
+        .await;
+    let body = json!({ "refresh_token": login["refresh_token"] });
+    let (a, b) = tokio::join!(
+        s.post("/_matrix/client/v3/refresh", None, body.clone()),
+        s.post("/_matrix/client/v3/refresh", None, body.clone())
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 401], "{a:?} {b:?}");
+    let winner = if a.0 == 200 { a.1 } else { b.1 };
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", winner["access_token"].as_str()).await.0, 200);
+    // Logging out ends the only live token.
+    assert_eq!(s.post("/_matrix/client/v3/logout", winner["access_token"].as_str(), json!({})).await.0, 200);
+    assert_eq!(
+        s.post("/_matrix/client/v3/refresh", None, json!({ "refresh_token": winner["refresh_token"] })).await.0,
+        401
+    );
+}
+
+#[tokio::test]
+async fn unknown_uia_session_ids_are_replaced_by_the_server() {
+    let s = Server::start().await;
+    let a = s.register("sid", "correct horse").await;
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/account/password",
+            Some(&a.access_token),
+            json!({ "new_password": "battery staple", "auth": password_auth(&a.user_id, "wrong", Some("client-chosen")) }),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_ne!(body["session"], "client-chosen", "{body}");
+}

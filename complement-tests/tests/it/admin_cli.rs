@@ -55,3 +55,17 @@ async fn admin_commands_work_while_the_server_is_stopped() {
     assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&a.access_token)).await.0, 401);
     assert_eq!(s.login("early", "correct horse").await.1["errcode"], "M_USER_DEACTIVATED");
 }
+
+#[test]
+fn admin_commands_refuse_a_missing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(complement_tests::homeserver_binary())
+        .args(["admin", "list-users"])
+        .env_clear()
+        .env("HEARTH_DATA_DIR", dir.path().join("nowhere"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("nowhere").exists(), "nothing is created");
+}

@@ -86,13 +86,16 @@ async fn plain_http_listener_for_reverse_proxies() {
     let client = reqwest::Client::new();
     let resp = client
         .post(format!("{url}/_matrix/client/v3/login"))
-        .header("x-forwarded-for", "203.0.113.9")
+        // A client-supplied entry comes first; the proxy's own entry is last.
+        .header("x-forwarded-for", "10.66.66.66, 203.0.113.9")
         .json(&serde_json::json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "proxied" }, "password": "bad password" }))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
-    assert!(s.audit_events().iter().any(|e| e["remote"] == "203.0.113.9"));
+    let events = s.audit_events();
+    assert!(events.iter().any(|e| e["remote"] == "203.0.113.9"), "{events:?}");
+    assert!(!events.iter().any(|e| e["remote"] == "10.66.66.66"), "the client-supplied entry is not trusted");
 }
 
 #[test]

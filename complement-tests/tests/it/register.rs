@@ -79,6 +79,8 @@ async fn closed_registration_is_forbidden() {
         .await;
     assert_eq!(status, 403);
     assert_eq!(body["errcode"], "M_FORBIDDEN");
+    let (status, body) = s.get("/_matrix/client/v3/register/available?username=x", None).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
 }
 
 #[tokio::test]

@@ -341,7 +341,8 @@ pub async fn client_ip_layer(
                 .headers()
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
+                // The last entry is the one the trusted proxy added; earlier ones are the client's word.
+                .and_then(|v| v.rsplit(',').next())
                 .and_then(|v| v.trim().parse::<IpAddr>().ok())
         })
         .flatten();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use ruma::UserId;
 use serde::{Deserialize, Serialize};
 
+use super::locks::UserLocks;
 use crate::{
     config::Config,
     error::Result,
@@ -22,11 +23,12 @@ struct Failures {
 pub struct Service {
     config: Arc<Config>,
     db: Db,
+    locks: Arc<UserLocks>,
 }
 
 impl Service {
-    pub fn new(config: Arc<Config>, db: Db) -> Self {
-        Self { config, db }
+    pub fn new(config: Arc<Config>, db: Db, locks: Arc<UserLocks>) -> Self {
+        Self { config, db, locks }
     }
 
     fn load(&self, user_id: &UserId) -> Result<Failures> {
@@ -46,6 +48,7 @@ impl Service {
 
     /// Counts a failed attempt; returns true if this attempt locked the account.
     pub async fn record_failure(&self, user_id: &UserId) -> Result<bool> {
+        let _guard = self.locks.lock(user_id).await;
         let mut f = self.load(user_id)?;
         let now = now_ms();
         if f.locked_until.is_some_and(|t| t <= now) {
@@ -66,8 +69,14 @@ impl Service {
         Ok(locked)
     }
 
+    /// Adds the writes that clear the failure state (the caller holds the user's lock).
+    pub fn clear_batch(&self, user_id: &UserId, batch: &mut Batch) {
+        batch.remove(trees::USERID_LOGINFAILURES, user_id.as_bytes().to_vec());
+    }
+
     /// Clears the failure count after a successful login.
     pub async fn record_success(&self, user_id: &UserId) -> Result<()> {
+        let _guard = self.locks.lock(user_id).await;
         let tree = self.db.tree(trees::USERID_LOGINFAILURES)?;
         if tree.get(user_id.as_bytes())?.is_some() {
             let mut batch = Batch::new();

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod lockout;
+pub mod locks;
 pub mod password_auth;
 pub mod ratelimit;
 pub mod server_keys;
@@ -25,16 +26,19 @@ pub struct Services {
     pub ratelimit: ratelimit::Service,
     pub audit: audit::Service,
     pub server_keys: server_keys::Service,
+    pub locks: Arc<locks::UserLocks>,
 }
 
 impl Services {
     /// Builds every service over an opened, migrated database.
     pub fn build(config: Arc<Config>, db: Db) -> Result<Arc<Self>> {
         let audit = audit::Service::open(&config.audit_path()).map_err(crate::error::Error::internal)?;
+        let locks = Arc::new(locks::UserLocks::new());
         Ok(Arc::new(Self {
             users: users::Service::new(config.clone(), db.clone()),
-            sessions: sessions::Service::new(config.clone(), db.clone()),
-            lockout: lockout::Service::new(config.clone(), db.clone()),
+            sessions: sessions::Service::new(config.clone(), db.clone(), locks.clone()),
+            lockout: lockout::Service::new(config.clone(), db.clone(), locks.clone()),
+            locks,
             uiaa: uiaa::Service::new(),
             ratelimit: ratelimit::Service::new(config.rate_limits.clone()),
             server_keys: server_keys::Service::load_or_generate(&db)?,
@@ -48,11 +52,32 @@ impl Services {
 impl Services {
     /// Deactivates an account and ends all its sessions in one atomic write.
     pub async fn deactivate_account(&self, user_id: &ruma::UserId) -> Result<()> {
+        let _guard = self.locks.lock(user_id).await;
         let mut batch = crate::storage::Batch::new();
         self.users.deactivation_batch(user_id, &mut batch)?;
         self.sessions.remove_all_devices_batch(user_id, None, &mut batch)?;
         self.db.commit(batch).await?;
         tracing::info!(user = %user_id, "deactivated account");
+        Ok(())
+    }
+
+    /// Sets a new password in one atomic write, optionally logging out every
+    /// device but `keep`, and clearing any lockout.
+    pub async fn change_password(
+        &self,
+        user_id: &ruma::UserId,
+        password: String,
+        logout: Option<Option<&ruma::DeviceId>>,
+    ) -> Result<()> {
+        let hash = self.users.hash_password(password).await?;
+        let _guard = self.locks.lock(user_id).await;
+        let mut batch = crate::storage::Batch::new();
+        self.users.password_batch(user_id, hash, &mut batch)?;
+        if let Some(keep) = logout {
+            self.sessions.remove_all_devices_batch(user_id, keep, &mut batch)?;
+        }
+        self.lockout.clear_batch(user_id, &mut batch);
+        self.db.commit(batch).await?;
         Ok(())
     }
 }

@@ -23,10 +23,13 @@ pub async fn verify(s: &Services, user_id: &UserId, password: String, remote: &s
         ));
     }
     let Some(account) = s.users.account(user_id)? else {
+        // Spend the same time as a real check, so timing does not reveal which accounts exist.
+        s.users.check_password_timing_only(password).await?;
         s.audit.record(kind, Some(user_id.as_str()), remote, "unknown user");
         return Err(err!(Forbidden, "{BAD_CREDENTIALS}"));
     };
     if account.deactivated {
+        s.users.check_password_timing_only(password).await?;
         s.audit.record(kind, Some(user_id.as_str()), remote, "deactivated account");
         return Err(err!(UserDeactivated, "This account has been deactivated"));
     }

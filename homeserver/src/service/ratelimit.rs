@@ -25,12 +25,17 @@ struct Bucket {
 
 pub struct Service {
     limits: RateLimits,
-    buckets: Mutex<HashMap<(Action, String), Bucket>>,
+    buckets: Mutex<Buckets>,
+}
+
+struct Buckets {
+    map: HashMap<(Action, String), Bucket>,
+    last_prune: Instant,
 }
 
 impl Service {
     pub fn new(limits: RateLimits) -> Self {
-        Self { limits, buckets: Mutex::new(HashMap::new()) }
+        Self { limits, buckets: Mutex::new(Buckets { map: HashMap::new(), last_prune: Instant::now() }) }
     }
 
     fn params(&self, action: Action) -> (f64, f64) {
@@ -48,15 +53,17 @@ impl Service {
 
     fn check_at(&self, action: Action, key: &str, now: Instant) -> Result<()> {
         let (rate, burst) = self.params(action);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() > 100_000 {
-            // Forget buckets that have refilled completely.
-            buckets.retain(|(a, _), b| {
+        let mut guard = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let buckets = &mut *guard;
+        if buckets.map.len() > 10_000 && now.duration_since(buckets.last_prune) > Duration::from_secs(60) {
+            // Forget buckets that have refilled completely (at most once a minute).
+            buckets.last_prune = now;
+            buckets.map.retain(|(a, _), b| {
                 let (r, burst) = self.params(*a);
                 b.tokens + now.duration_since(b.updated).as_secs_f64() * r < burst
             });
         }
-        let bucket = buckets.entry((action, key.to_owned())).or_insert(Bucket { tokens: burst, updated: now });
+        let bucket = buckets.map.entry((action, key.to_owned())).or_insert(Bucket { tokens: burst, updated: now });
         bucket.tokens = (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate).min(burst);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {

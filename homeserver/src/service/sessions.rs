@@ -6,6 +6,7 @@ use std::sync::Arc;
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
+use super::locks::UserLocks;
 use crate::{
     config::Config,
     error::{Error, ErrorKind, Result},
@@ -66,6 +67,16 @@ pub enum TokenStatus {
 pub struct Service {
     config: Arc<Config>,
     db: Db,
+    locks: Arc<UserLocks>,
+}
+
+/// Which devices a logout ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Devices<'a> {
+    One(&'a DeviceId),
+    List(&'a [OwnedDeviceId]),
+    /// Every device, except the given one if any.
+    AllExcept(Option<&'a DeviceId>),
 }
 
 fn token_hash(token: &str) -> Vec<u8> {
@@ -94,8 +105,8 @@ pub fn generate_device_id() -> OwnedDeviceId {
 }
 
 impl Service {
-    pub fn new(config: Arc<Config>, db: Db) -> Self {
-        Self { config, db }
+    pub fn new(config: Arc<Config>, db: Db, locks: Arc<UserLocks>) -> Self {
+        Self { config, db, locks }
     }
 
     pub fn device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<Device>> {
@@ -116,7 +127,27 @@ impl Service {
         Ok(out)
     }
 
-    /// Removes a device and its tokens (writes added to `batch`).
+    /// Logs devices out: removes them and their tokens in one durable write.
+    pub async fn logout(&self, user_id: &UserId, devices: Devices<'_>) -> Result<()> {
+        let _guard = self.locks.lock(user_id).await;
+        let mut batch = Batch::new();
+        match devices {
+            Devices::One(id) => {
+                self.remove_device_batch(user_id, id, &mut batch)?;
+            }
+            Devices::List(ids) => {
+                for id in ids {
+                    // Unknown devices are ignored, as the spec allows.
+                    self.remove_device_batch(user_id, id, &mut batch)?;
+                }
+            }
+            Devices::AllExcept(keep) => self.remove_all_devices_batch(user_id, keep, &mut batch)?,
+        }
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Removes a device and its tokens (writes added to `batch`; the caller holds the user's lock).
     pub fn remove_device_batch(&self, user_id: &UserId, device_id: &DeviceId, batch: &mut Batch) -> Result<bool> {
         let Some(device) = self.device(user_id, device_id)? else { return Ok(false) };
         self.remove_tokens(&device, batch);
@@ -133,7 +164,7 @@ impl Service {
         }
     }
 
-    /// Removes every device of the user except `keep` (writes added to `batch`).
+    /// Removes every device of the user except `keep` (writes added to `batch`; the caller holds the user's lock).
     pub fn remove_all_devices_batch(&self, user_id: &UserId, keep: Option<&DeviceId>, batch: &mut Batch) -> Result<()> {
         for (id, _) in self.devices(user_id)? {
             if Some(id.as_ref()) != keep {
@@ -186,6 +217,7 @@ impl Service {
         remote_ip: Option<String>,
     ) -> Result<Issued> {
         let device_id = device_id.unwrap_or_else(generate_device_id);
+        let _guard = self.locks.lock(user_id).await;
         let mut batch = Batch::new();
         let existing = self.device(user_id, &device_id)?;
         if let Some(old) = &existing {
@@ -226,6 +258,11 @@ impl Service {
             return Err(Error::new(ErrorKind::UnknownToken { soft_logout: false }, "Unknown refresh token"));
         };
         let rs: RefreshSession = decode(trees::REFRESHHASH_SESSION, &bytes)?;
+        // Re-read under the lock: a concurrent refresh may have spent the token.
+        let _guard = self.locks.lock(&rs.user_id).await;
+        if tree.get(&hash)?.is_none() {
+            return Err(Error::new(ErrorKind::UnknownToken { soft_logout: false }, "Unknown refresh token"));
+        }
         let Some(mut device) = self.device(&rs.user_id, &rs.device_id)? else {
             return Err(Error::new(ErrorKind::UnknownToken { soft_logout: false }, "Unknown refresh token"));
         };
@@ -244,6 +281,7 @@ impl Service {
 
     /// Updates a device's display name. Returns false if there is no such device.
     pub async fn set_display_name(&self, user_id: &UserId, device_id: &DeviceId, name: Option<String>) -> Result<bool> {
+        let _guard = self.locks.lock(user_id).await;
         let Some(mut device) = self.device(user_id, device_id)? else { return Ok(false) };
         device.display_name = name;
         let mut batch = Batch::new();
@@ -252,8 +290,10 @@ impl Service {
         Ok(true)
     }
 
-    /// Records when and from where a device was last seen, at most once a minute.
+    /// Records when and from where a device was last seen, at most once a
+    /// minute; skipped when another write for the user is in progress.
     pub fn touch(&self, user_id: &UserId, device_id: &DeviceId, ip: &str) -> Result<()> {
+        let Some(_guard) = self.locks.try_lock(user_id) else { return Ok(()) };
         let Some(mut device) = self.device(user_id, device_id)? else { return Ok(()) };
         let now = now_ms();
         let stale = device.last_seen_ts.is_none_or(|t| now.saturating_sub(t) > 60_000);
@@ -265,11 +305,6 @@ impl Service {
             // Last-seen data is advisory: it is written but the request does not wait for a flush.
             self.db.apply(batch)?;
         }
-        Ok(())
-    }
-
-    pub async fn commit(&self, batch: Batch) -> Result<()> {
-        self.db.commit(batch).await?;
         Ok(())
     }
 }

@@ -94,7 +94,8 @@ impl Service {
                     (id.clone(), s.completed.clone())
                 }
                 None => {
-                    let id = session_id.unwrap_or_else(|| random_string(24));
+                    // Unknown or missing: always a fresh, server-chosen ID.
+                    let id = random_string(24);
                     sessions.insert(id.clone(), Session { completed: vec![], user: user.cloned(), created: now });
                     (id, vec![])
                 }

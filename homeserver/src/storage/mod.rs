@@ -29,6 +29,8 @@ pub type WatchFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub enum StorageError {
     #[error("database error: {0}")]
     Backend(String),
+    #[error("the database is in use by another process")]
+    Locked,
     #[error("unknown tree {0:?}")]
     UnknownTree(String),
     #[error("corrupt value in {tree}: {reason}")]

@@ -10,11 +10,6 @@ fn backend(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
 }
 
-/// Whether opening failed because another process holds the database.
-pub fn is_locked_error(e: &StorageError) -> bool {
-    matches!(e, StorageError::Backend(msg) if msg.contains("lock"))
-}
-
 struct SledTree(sled::Tree);
 
 impl KvTree for SledTree {
@@ -69,7 +64,11 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (creating if needed) the database in `path`, with every declared tree.
     pub fn open(path: &Path) -> StorageResult<Self> {
-        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open().map_err(backend)?;
+        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open().map_err(|e| match &e {
+            // sled reports a held file lock as an I/O error with this message.
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => StorageError::Locked,
+            _ => backend(e),
+        })?;
         let mut trees = HashMap::new();
         for t in trees::ALL {
             trees.insert(t.name, db.open_tree(t.name).map_err(backend)?);
@@ -145,7 +144,7 @@ mod tests {
             let store = super::SledStore::open(&path).expect("open");
             store.tree("global").unwrap().insert(b"k", b"v").unwrap();
             let second = super::SledStore::open(&path);
-            assert!(matches!(second, Err(ref e) if super::is_locked_error(e)), "second open must fail on the lock");
+            assert!(matches!(second, Err(crate::storage::StorageError::Locked)), "second open must fail on the lock");
             store.flush().unwrap();
         }
         let store = super::SledStore::open(&path).expect("reopen");

@@ -36,10 +36,13 @@ pub const ALL: &[TreeDef] = &[
     },
     TreeDef { name: USERID_ACCOUNT, layout: "user_id → {password_hash, admin, deactivated, created_ts}" },
     TreeDef { name: USERID_PROFILE, layout: "user_id → {displayname?, avatar_url?}" },
-    TreeDef { name: USERIDTHREEPID_INFO, layout: "user_id SEP medium SEP address → {added_at, validated_at?}" },
+    TreeDef {
+        name: USERIDTHREEPID_INFO,
+        layout: "user_id SEP medium SEP address → {medium, address, added_at, validated_at?}",
+    },
     TreeDef {
         name: USERDEVICEID_DEVICE,
-        layout: "user_id SEP device_id → {display_name?, last_seen_ip?, last_seen_ts?, access_token_hash, refresh_token_hash?}",
+        layout: "user_id SEP device_id → {display_name?, last_seen_ip?, last_seen_ts?, created_ts, access_token_hash, refresh_token_hash?}",
     },
     TreeDef { name: TOKENHASH_SESSION, layout: "sha256(access_token) → {user_id, device_id, expires_at?}" },
     TreeDef { name: REFRESHHASH_SESSION, layout: "sha256(refresh_token) → {user_id, device_id}" },

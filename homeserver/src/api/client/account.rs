@@ -19,7 +19,6 @@ use crate::{
         password_auth,
         uiaa::{self, StageResult},
     },
-    storage::Batch,
 };
 
 /// Runs the `m.login.password` UIA flow for an authenticated user.
@@ -83,12 +82,8 @@ pub async fn change_password_route(
     let user_id = body.user()?.to_owned();
     require_password(&s, body.body.auth.as_ref(), &user_id, &body.remote_str()).await?;
     s.users.check_password_strength(&body.body.new_password)?;
-    s.users.set_password(&user_id, body.body.new_password.clone()).await?;
-    if body.body.logout_devices {
-        let mut batch = Batch::new();
-        s.sessions.remove_all_devices_batch(&user_id, body.sender_device.as_deref(), &mut batch)?;
-        s.sessions.commit(batch).await?;
-    }
+    let logout = body.body.logout_devices.then_some(body.sender_device.as_deref());
+    s.change_password(&user_id, body.body.new_password.clone(), logout).await?;
     Ok(change_password::v3::Response::new())
 }
 

@@ -10,8 +10,10 @@ use crate::{
     api::Ruma,
     err,
     error::Result,
-    service::{Services, sessions::Device},
-    storage::Batch,
+    service::{
+        Services,
+        sessions::{Device, Devices},
+    },
 };
 
 fn to_ruma(id: OwnedDeviceId, device: Device) -> d::Device {
@@ -65,9 +67,7 @@ pub async fn delete_device_route(
         return Err(err!(NotFound, "No such device"));
     }
     require_password(&s, body.body.auth.as_ref(), &user_id, &body.remote_str()).await?;
-    let mut batch = Batch::new();
-    s.sessions.remove_device_batch(&user_id, &body.body.device_id, &mut batch)?;
-    s.sessions.commit(batch).await?;
+    s.sessions.logout(&user_id, Devices::One(&body.body.device_id)).await?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -78,11 +78,6 @@ pub async fn delete_devices_route(
 ) -> Result<delete_devices::v3::Response> {
     let user_id = body.user()?.to_owned();
     require_password(&s, body.body.auth.as_ref(), &user_id, &body.remote_str()).await?;
-    let mut batch = Batch::new();
-    for id in &body.body.devices {
-        // Unknown devices are ignored, as the spec allows.
-        s.sessions.remove_device_batch(&user_id, id, &mut batch)?;
-    }
-    s.sessions.commit(batch).await?;
+    s.sessions.logout(&user_id, Devices::List(&body.body.devices)).await?;
     Ok(delete_devices::v3::Response::new())
 }

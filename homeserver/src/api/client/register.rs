@@ -129,6 +129,9 @@ pub async fn username_available_route(
     s: Arc<Services>,
     body: Ruma<get_username_availability::v3::Request>,
 ) -> Result<get_username_availability::v3::Response> {
+    if !s.config.registration.enabled {
+        return Err(err!(Forbidden, "Registration is disabled on this server"));
+    }
     s.ratelimit.check(Action::Registration, &body.remote_str())?;
     let id = s.users.user_id(&body.body.username)?;
     if s.users.exists(&id)? {

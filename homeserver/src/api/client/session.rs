@@ -13,8 +13,7 @@ use crate::{
     api::Ruma,
     err,
     error::{Error, ErrorKind, Result},
-    service::{Services, audit::AuditKind, password_auth, ratelimit::Action},
-    storage::Batch,
+    service::{Services, audit::AuditKind, password_auth, ratelimit::Action, sessions::Devices},
 };
 
 /// `GET /_matrix/client/v3/login`
@@ -84,9 +83,7 @@ pub async fn refresh_route(
 
 /// `POST /_matrix/client/v3/logout`
 pub async fn logout_route(s: Arc<Services>, body: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
-    let mut batch = Batch::new();
-    s.sessions.remove_device_batch(body.user()?, body.device()?, &mut batch)?;
-    s.sessions.commit(batch).await?;
+    s.sessions.logout(body.user()?, Devices::One(body.device()?)).await?;
     Ok(logout::v3::Response::new())
 }
 
@@ -95,8 +92,6 @@ pub async fn logout_all_route(
     s: Arc<Services>,
     body: Ruma<logout_all::v3::Request>,
 ) -> Result<logout_all::v3::Response> {
-    let mut batch = Batch::new();
-    s.sessions.remove_all_devices_batch(body.user()?, None, &mut batch)?;
-    s.sessions.commit(batch).await?;
+    s.sessions.logout(body.user()?, Devices::AllExcept(None)).await?;
     Ok(logout_all::v3::Response::new())
 }

@@ -283,6 +283,21 @@ impl Server {
         .await
     }
 
+    /// Password login asking for a refresh token.
+    pub async fn login_refreshing(&self, user: &str, password: &str) -> (u16, Value) {
+        self.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": user },
+                "password": password,
+                "refresh_token": true,
+            }),
+        )
+        .await
+    }
+
     /// The audit log's events so far.
     pub fn audit_events(&self) -> Vec<Value> {
         std::fs::read_to_string(self.data_dir().join("audit.log"))

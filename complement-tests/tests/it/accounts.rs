@@ -30,14 +30,7 @@ async fn refresh_rotates_tokens_and_expired_tokens_are_soft_logged_out() {
     // Tokens of refreshing clients expire at once, so expiry needs no waiting.
     let s = Server::start_with(&[("HEARTH_AUTH__ACCESS_TOKEN_LIFETIME_SECS", "0")]).await;
     s.register("ivy", "correct horse").await;
-    let (status, login) = s
-        .post(
-            "/_matrix/client/v3/login",
-            None,
-            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "ivy" },
-                    "password": "correct horse", "refresh_token": true }),
-        )
-        .await;
+    let (status, login) = s.login_refreshing("ivy", "correct horse").await;
     assert_eq!(status, 200, "{login}");
     let access = login["access_token"].as_str().unwrap();
     let refresh = login["refresh_token"].as_str().unwrap();
@@ -65,14 +58,7 @@ async fn refresh_rotates_tokens_and_expired_tokens_are_soft_logged_out() {
 async fn refreshed_token_works_when_lifetime_allows() {
     let s = Server::start().await;
     s.register("jon", "correct horse").await;
-    let (_, login) = s
-        .post(
-            "/_matrix/client/v3/login",
-            None,
-            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "jon" },
-                    "password": "correct horse", "refresh_token": true }),
-        )
-        .await;
+    let (_, login) = s.login_refreshing("jon", "correct horse").await;
     let (_, renewed) =
         s.post("/_matrix/client/v3/refresh", None, json!({ "refresh_token": login["refresh_token"] })).await;
     let (status, body) = s.get("/_matrix/client/v3/account/whoami", renewed["access_token"].as_str()).await;
@@ -200,14 +186,7 @@ async fn deactivation_ends_every_session_at_once() {
 async fn concurrent_refreshes_spend_the_token_once() {
     let s = Server::start().await;
     s.register("racer", "correct horse").await;
-    let (_, login) = s
-        .post(
-            "/_matrix/client/v3/login",
-            None,
-            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "racer" },
-                    "password": "correct horse", "refresh_token": true }),
-        )
-        .await;
+    let (_, login) = s.login_refreshing("racer", "correct horse").await;
     let body = json!({ "refresh_token": login["refresh_token"] });
     let (a, b) = tokio::join!(
         s.post("/_matrix/client/v3/refresh", None, body.clone()),

@@ -31,6 +31,8 @@ pub enum ErrorKind {
     TooLarge,
     WeakPassword,
     Unauthorized,
+    UnsupportedRoomVersion,
+    RoomInUse,
 }
 
 impl ErrorKind {
@@ -54,6 +56,8 @@ impl ErrorKind {
             Self::TooLarge => "M_TOO_LARGE",
             Self::WeakPassword => "M_WEAK_PASSWORD",
             Self::Unauthorized => "M_UNAUTHORIZED",
+            Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
+            Self::RoomInUse => "M_ROOM_IN_USE",
         }
     }
 

@@ -10,4 +10,5 @@ mod login;
 mod matrix_sdk_client;
 mod profile;
 mod register;
+mod rooms;
 mod security;

@@ -255,6 +255,53 @@ pub trait RumaRouter {
         Req::Authentication: AuthDispatch,
         H: Fn(Arc<Services>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
+
+    /// Like [`RumaRouter::ruma_route`], and also serves the paths with the
+    /// last parameter (a state key) left out or empty (`…/state/{type}` and
+    /// `…/state/{type}/`), which clients use for the empty state key.
+    fn ruma_route_empty_state_key<Req, H, Fut>(self, handler: H) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: AuthDispatch,
+        H: Fn(Arc<Services>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
+}
+
+fn register<Req, H, Fut>(router: Router<AppState>, path: &str, empty_last_arg: bool, handler: H) -> Router<AppState>
+where
+    Req: IncomingRequest + Send + 'static,
+    Req::Authentication: AuthDispatch,
+    H: Fn(Arc<Services>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
+{
+    let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+    router.route(
+        path,
+        on(
+            filter,
+            move |State(services): State<AppState>,
+                  params: Result<RawPathParams, RawPathParamsRejection>,
+                  request: Request| {
+                let handler = handler.clone();
+                async move {
+                    let mut path_args: Vec<String> = match params {
+                        Ok(p) => p.iter().map(|(_, v)| v.to_owned()).collect(),
+                        Err(RawPathParamsRejection::MissingPathParams(_)) => Vec::new(),
+                        Err(_) => {
+                            return crate::err!(InvalidParam, "Path parameters must be valid UTF-8").into_response();
+                        }
+                    };
+                    if empty_last_arg {
+                        path_args.push(String::new());
+                    }
+                    match dispatch::<Req, _, _>(services, path_args, request, handler).await {
+                        Ok(r) => r,
+                        Err(e) => e.into_response(),
+                    }
+                }
+            },
+        ),
+    )
 }
 
 impl RumaRouter for Router<AppState> {
@@ -265,35 +312,23 @@ impl RumaRouter for Router<AppState> {
         H: Fn(Arc<Services>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
     {
-        let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
-        let mut router = self;
+        Req::PATH_BUILDER
+            .all_paths()
+            .fold(self, |router, path| register::<Req, _, _>(router, path, false, handler.clone()))
+    }
+
+    fn ruma_route_empty_state_key<Req, H, Fut>(self, handler: H) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: AuthDispatch,
+        H: Fn(Arc<Services>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
+    {
+        let mut router = self.ruma_route::<Req, _, _>(handler.clone());
         for path in Req::PATH_BUILDER.all_paths() {
-            let handler = handler.clone();
-            router = router.route(
-                path,
-                on(
-                    filter,
-                    move |State(services): State<AppState>,
-                          params: Result<RawPathParams, RawPathParamsRejection>,
-                          request: Request| {
-                        let handler = handler.clone();
-                        async move {
-                            let path_args: Vec<String> = match params {
-                                Ok(p) => p.iter().map(|(_, v)| v.to_owned()).collect(),
-                                Err(RawPathParamsRejection::MissingPathParams(_)) => Vec::new(),
-                                Err(_) => {
-                                    return crate::err!(InvalidParam, "Path parameters must be valid UTF-8")
-                                        .into_response();
-                                }
-                            };
-                            match dispatch::<Req, _, _>(services, path_args, request, handler).await {
-                                Ok(r) => r,
-                                Err(e) => e.into_response(),
-                            }
-                        }
-                    },
-                ),
-            );
+            let Some(short) = path.strip_suffix("/{state_key}") else { continue };
+            router = register::<Req, _, _>(router, short, true, handler.clone());
+            router = register::<Req, _, _>(router, &format!("{short}/"), true, handler.clone());
         }
         router
     }

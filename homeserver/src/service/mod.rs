@@ -6,6 +6,7 @@ pub mod lockout;
 pub mod locks;
 pub mod password_auth;
 pub mod ratelimit;
+pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
 pub mod uiaa;
@@ -25,7 +26,8 @@ pub struct Services {
     pub uiaa: uiaa::Service,
     pub ratelimit: ratelimit::Service,
     pub audit: audit::Service,
-    pub server_keys: server_keys::Service,
+    pub server_keys: Arc<server_keys::Service>,
+    pub rooms: rooms::Service,
     pub locks: Arc<locks::UserLocks>,
 }
 
@@ -34,6 +36,7 @@ impl Services {
     pub fn build(config: Arc<Config>, db: Db) -> Result<Arc<Self>> {
         let audit = audit::Service::open(&config.audit_path()).map_err(crate::error::Error::internal)?;
         let locks = Arc::new(locks::UserLocks::new());
+        let server_keys = Arc::new(server_keys::Service::load_or_generate(&db)?);
         Ok(Arc::new(Self {
             users: users::Service::new(config.clone(), db.clone()),
             sessions: sessions::Service::new(config.clone(), db.clone(), locks.clone()),
@@ -41,7 +44,8 @@ impl Services {
             locks,
             uiaa: uiaa::Service::new(),
             ratelimit: ratelimit::Service::new(config.rate_limits.clone()),
-            server_keys: server_keys::Service::load_or_generate(&db)?,
+            rooms: rooms::Service::new(config.clone(), db.clone(), server_keys.clone())?,
+            server_keys,
             audit,
             config,
             db,

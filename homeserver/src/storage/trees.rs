@@ -12,7 +12,8 @@ pub struct TreeDef {
 }
 
 /// Server-wide singletons: `schema_version` (u64 BE), `signing_key` (PKCS#8 DER of the
-/// server's ed25519 key), `signing_key_id` (UTF-8).
+/// server's ed25519 key), `signing_key_id` (UTF-8), `stream_position` and
+/// `state_group_counter` (u64 BE, the last values handed out).
 pub const GLOBAL: &str = "global";
 /// `user_id` → account record (password hash, admin flag, deactivation, creation time).
 pub const USERID_ACCOUNT: &str = "userid_account";
@@ -28,6 +29,24 @@ pub const TOKENHASH_SESSION: &str = "tokenhash_session";
 pub const REFRESHHASH_SESSION: &str = "refreshhash_session";
 /// `user_id` → failed-login state (consecutive failures, locked-until time).
 pub const USERID_LOGINFAILURES: &str = "userid_loginfailures";
+
+/// Event ID → the signed PDU as canonical JSON (after redaction, the redacted form).
+pub const EVENTID_PDU: &str = "eventid_pdu";
+/// Event ID → where the event sits: room, stream position, state group before and after it.
+pub const EVENTID_INFO: &str = "eventid_info";
+/// `room_id SEP stream (u64 BE)` → event ID: each room's timeline in order.
+pub const ROOMSTREAM_EVENTID: &str = "roomstream_eventid";
+/// Room ID → room record: version, current state group, forward extremities, depth.
+pub const ROOMID_ROOM: &str = "roomid_room";
+/// State group (u64 BE) → a delta over its parent group (or a full snapshot).
+pub const STATEGROUP_DELTA: &str = "stategroup_delta";
+/// `user_id SEP room_id` → the user's membership in the room and its stream position.
+pub const USERROOMID_MEMBERSHIP: &str = "userroomid_membership";
+/// `room_id SEP user_id` → membership, to list a room's members.
+pub const ROOMUSERID_MEMBERSHIP: &str = "roomuserid_membership";
+
+/// `user_id SEP device_id SEP txn_id` → event ID: idempotent sends.
+pub const USERDEVICETXN_EVENTID: &str = "userdevicetxn_eventid";
 
 /// All trees, in the order they are opened.
 pub const ALL: &[TreeDef] = &[
@@ -47,4 +66,14 @@ pub const ALL: &[TreeDef] = &[
     TreeDef { name: TOKENHASH_SESSION, layout: "sha256(access_token) → {user_id, device_id, expires_at?}" },
     TreeDef { name: REFRESHHASH_SESSION, layout: "sha256(refresh_token) → {user_id, device_id}" },
     TreeDef { name: USERID_LOGINFAILURES, layout: "user_id → {failures, locked_until?}" },
+    TreeDef { name: EVENTID_PDU, layout: "event_id → signed PDU (canonical JSON)" },
+    TreeDef { name: EVENTID_INFO, layout: "event_id → {room_id, stream, state_before, state_after}" },
+    TreeDef { name: ROOMSTREAM_EVENTID, layout: "room_id SEP stream (u64 BE) → event_id" },
+    TreeDef { name: ROOMID_ROOM, layout: "room_id → {version, state_group, extremities, depth, create_event_id}" },
+    TreeDef {
+        name: STATEGROUP_DELTA, layout: "group (u64 BE) → {parent?, depth, set: [[type, state_key, event_id]]}"
+    },
+    TreeDef { name: USERROOMID_MEMBERSHIP, layout: "user_id SEP room_id → {membership, stream}" },
+    TreeDef { name: ROOMUSERID_MEMBERSHIP, layout: "room_id SEP user_id → membership" },
+    TreeDef { name: USERDEVICETXN_EVENTID, layout: "user_id SEP device_id SEP txn_id → event_id" },
 ];

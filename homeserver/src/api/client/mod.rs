@@ -4,9 +4,13 @@
 mod account;
 mod device;
 mod discovery;
+mod membership;
+mod message;
 mod profile;
 mod register;
+mod room;
 mod session;
+mod state;
 
 use ruma::api::client as c;
 
@@ -44,4 +48,25 @@ pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
         .ruma_route::<c::profile::set_display_name::v3::Request, _, _>(profile::set_display_name_route)
         .ruma_route::<c::profile::get_avatar_url::v3::Request, _, _>(profile::get_avatar_url_route)
         .ruma_route::<c::profile::set_avatar_url::v3::Request, _, _>(profile::set_avatar_url_route)
+        .ruma_route::<c::room::create_room::v3::Request, _, _>(room::create_room_route)
+        .ruma_route::<c::room::get_room_event::v3::Request, _, _>(room::get_room_event_route)
+        .ruma_route_empty_state_key::<c::state::send_state_event::v3::Request, _, _>(state::send_state_event_route)
+        .ruma_route_empty_state_key::<c::state::get_state_event_for_key::v3::Request, _, _>(
+            state::get_state_event_route,
+        )
+        .ruma_route::<c::state::get_state_events::v3::Request, _, _>(state::get_state_events_route)
+        .ruma_route::<c::message::send_message_event::v3::Request, _, _>(message::send_message_event_route)
+        .ruma_route::<c::message::get_message_events::v3::Request, _, _>(message::get_message_events_route)
+        .ruma_route::<c::membership::joined_rooms::v3::Request, _, _>(membership::joined_rooms_route)
+        .ruma_route::<c::membership::join_room_by_id::v3::Request, _, _>(membership::join_room_by_id_route)
+        .ruma_route::<c::membership::join_room_by_id_or_alias::v3::Request, _, _>(
+            membership::join_room_by_id_or_alias_route,
+        )
+        .ruma_route::<c::membership::invite_user::v3::Request, _, _>(membership::invite_user_route)
+        .ruma_route::<c::membership::leave_room::v3::Request, _, _>(membership::leave_room_route)
+        .ruma_route::<c::membership::kick_user::v3::Request, _, _>(membership::kick_user_route)
+        .ruma_route::<c::membership::ban_user::v3::Request, _, _>(membership::ban_user_route)
+        .ruma_route::<c::membership::unban_user::v3::Request, _, _>(membership::unban_user_route)
+        .ruma_route::<c::membership::joined_members::v3::Request, _, _>(membership::joined_members_route)
+        .ruma_route::<c::membership::get_member_events::v3::Request, _, _>(membership::get_member_events_route)
 }

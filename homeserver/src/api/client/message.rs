@@ -1,0 +1,81 @@
+use std::sync::Arc;
+
+use ruma::api::{
+    Direction,
+    client::message::{get_message_events, send_message_event},
+};
+
+use crate::{
+    api::Ruma,
+    err,
+    error::Result,
+    service::{
+        Services,
+        rooms::{NewEvent, txn_key},
+    },
+};
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
+pub async fn send_message_event_route(
+    s: Arc<Services>,
+    body: Ruma<send_message_event::v3::Request>,
+) -> Result<send_message_event::v3::Response> {
+    let sender = body.user()?.to_owned();
+    let device = body.device()?.to_owned();
+    let req = &body.body;
+    let key = txn_key(&sender, &device, req.txn_id.as_str());
+    // One transaction ID of one device yields one event, however often it is retried.
+    let _guard = s.locks.lock(format!("txn:{sender}")).await;
+    if let Some(existing) = s.rooms.txn_event(&key)? {
+        return Ok(send_message_event::v3::Response::new(existing));
+    }
+    let room = s.rooms.room(&req.room_id)?.ok_or_else(|| err!(NotFound, "Unknown room"))?;
+    let content = body.json.clone().unwrap_or_else(|| serde_json::json!({}));
+    let mut event = NewEvent::message(req.event_type.to_string(), content);
+    event.txn = Some(key);
+    let pdu = s.rooms.append(Some(&req.room_id), &room.version, &sender, event).await?;
+    Ok(send_message_event::v3::Response::new(pdu.event_id))
+}
+
+/// Pagination tokens: `s<stream position>`, opaque to clients.
+fn parse_token(t: &str) -> Result<u64> {
+    t.strip_prefix('s').and_then(|n| n.parse().ok()).ok_or_else(|| err!(InvalidParam, "Invalid pagination token"))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages`
+pub async fn get_message_events_route(
+    s: Arc<Services>,
+    body: Ruma<get_message_events::v3::Request>,
+) -> Result<get_message_events::v3::Response> {
+    let user = body.user()?;
+    let req = &body.body;
+    if s.rooms.room(&req.room_id)?.is_none() {
+        return Err(err!(NotFound, "Unknown room"));
+    }
+    // Members, former members and (for world-readable rooms) anyone may paginate;
+    // each event is then filtered by its own visibility.
+    s.rooms.readable_state(user, &req.room_id)?;
+    let limit = u64::from(req.limit).clamp(1, 1000) as usize;
+    let backwards = req.dir == Direction::Backward;
+    let now = s.rooms.stream_position() + 1;
+    let from = match &req.from {
+        Some(t) => parse_token(t)?,
+        None if backwards => now,
+        None => 0,
+    };
+    let to = req.to.as_deref().map(parse_token).transpose()?;
+    let (lo, hi) = if backwards { (to.unwrap_or(0), from) } else { (from, to.unwrap_or(now)) };
+    let page = s.rooms.timeline(&req.room_id, lo, hi, backwards, limit)?;
+    let mut response = get_message_events::v3::Response::new();
+    response.start = format!("s{from}");
+    if page.len() == limit {
+        let last = page.last().map(|(p, _)| *p).unwrap_or(from);
+        response.end = Some(format!("s{}", if backwards { last } else { last + 1 }));
+    }
+    for (_, pdu) in page {
+        if s.rooms.can_see(user, &pdu.event_id)? {
+            response.chunk.push(pdu.to_client_event(&req.room_id));
+        }
+    }
+    Ok(response)
+}

@@ -12,3 +12,4 @@ mod profile;
 mod register;
 mod rooms;
 mod security;
+mod sync;

@@ -51,6 +51,8 @@ pub struct Ruma<T> {
     pub sender_device: Option<OwnedDeviceId>,
     /// The JSON body as sent, for fields ruma's type does not carry.
     pub json: Option<serde_json::Value>,
+    /// The query string as sent (percent-encoded), for parameters ruma's type does not carry.
+    pub query: String,
     pub remote: IpAddr,
 }
 
@@ -112,7 +114,7 @@ fn extract_token(parts: &http::request::Parts) -> Option<String> {
     url_query_pairs(query).find(|(k, _)| k == "access_token").map(|(_, v)| v)
 }
 
-fn url_query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+pub fn url_query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split('&').filter_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let decode = |s: &str| {
@@ -221,6 +223,7 @@ where
         .or_else(|| request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let (parts, body) = request.into_parts();
+    let query = parts.uri.query().unwrap_or_default().to_owned();
     let bytes = read_body(body, services.config.limits.max_request_bytes).await?;
     let auth = authenticate(&services, <Req::Authentication as AuthDispatch>::NEEDS_TOKEN, &parts, remote)?;
 
@@ -241,7 +244,7 @@ where
     let body = Req::try_from_http_request(http_request, &args).map_err(deserialization_error)?;
 
     let (sender_user, sender_device) = auth.map_or((None, None), |(u, d)| (Some(u), Some(d)));
-    let ruma = Ruma { body, sender_user, sender_device, json, remote };
+    let ruma = Ruma { body, sender_user, sender_device, json, query, remote };
     let response = handler(services, ruma).await?;
     let http_response: http::Response<Vec<u8>> = response.try_into_http_response().map_err(Error::internal)?;
     Ok(http_response.map(Body::from))

@@ -9,6 +9,7 @@ pub mod ratelimit;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
+pub mod sync;
 pub mod uiaa;
 pub mod users;
 

@@ -48,6 +48,9 @@ pub const ROOMUSERID_MEMBERSHIP: &str = "roomuserid_membership";
 /// `user_id SEP device_id SEP txn_id` → event ID: idempotent sends.
 pub const USERDEVICETXN_EVENTID: &str = "userdevicetxn_eventid";
 
+/// `user_id SEP filter_id` → a saved sync filter (JSON).
+pub const USERFILTERID_FILTER: &str = "userfilterid_filter";
+
 /// All trees, in the order they are opened.
 pub const ALL: &[TreeDef] = &[
     TreeDef {
@@ -76,4 +79,5 @@ pub const ALL: &[TreeDef] = &[
     TreeDef { name: USERROOMID_MEMBERSHIP, layout: "user_id SEP room_id → {membership, stream}" },
     TreeDef { name: ROOMUSERID_MEMBERSHIP, layout: "room_id SEP user_id → membership" },
     TreeDef { name: USERDEVICETXN_EVENTID, layout: "user_id SEP device_id SEP txn_id → event_id" },
+    TreeDef { name: USERFILTERID_FILTER, layout: "user_id SEP filter_id → filter definition (JSON)" },
 ];

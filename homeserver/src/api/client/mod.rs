@@ -11,6 +11,7 @@ mod register;
 mod room;
 mod session;
 mod state;
+mod sync;
 
 use ruma::api::client as c;
 
@@ -69,4 +70,7 @@ pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
         .ruma_route::<c::membership::unban_user::v3::Request, _, _>(membership::unban_user_route)
         .ruma_route::<c::membership::joined_members::v3::Request, _, _>(membership::joined_members_route)
         .ruma_route::<c::membership::get_member_events::v3::Request, _, _>(membership::get_member_events_route)
+        .ruma_route::<c::sync::sync_events::v3::Request, _, _>(sync::sync_events_route)
+        .ruma_route::<c::filter::create_filter::v3::Request, _, _>(sync::create_filter_route)
+        .ruma_route::<c::filter::get_filter::v3::Request, _, _>(sync::get_filter_route)
 }

@@ -1,0 +1,285 @@
+//! `/sync`: everything a client must see, read from the event stream.
+//!
+//! A sync token is `s<stream position>`: the durable position the response
+//! covers. Positions are persisted, so tokens stay valid across restarts.
+//! Long polling waits on the rooms service's position watch: no polling loop.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use ruma::{
+    OwnedUserId, RoomId, UInt, UserId,
+    api::client::{
+        filter::{FilterDefinition, LazyLoadOptions},
+        sync::sync_events::v3 as sync,
+    },
+};
+
+use super::{
+    Services,
+    rooms::{pdu::Pdu, state::StateMap},
+};
+use crate::{
+    err,
+    error::{Error, Result},
+    storage::{Batch, StorageError, codec, trees},
+    util::random_string,
+};
+
+/// Parses a sync token.
+pub fn parse_token(token: &str) -> Result<u64> {
+    token.strip_prefix('s').and_then(|n| n.parse().ok()).ok_or_else(|| err!(InvalidParam, "Invalid sync token"))
+}
+
+pub struct SyncRequest {
+    pub since: Option<u64>,
+    pub full_state: bool,
+    pub timeout: Duration,
+    pub filter: FilterDefinition,
+    pub use_state_after: bool,
+}
+
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+
+impl Services {
+    /// Saves a filter and returns its ID.
+    pub async fn save_filter(&self, user_id: &UserId, filter: &FilterDefinition) -> Result<String> {
+        let id = random_string(10);
+        let mut batch = Batch::new();
+        batch.insert(
+            trees::USERFILTERID_FILTER,
+            codec::key(&[user_id.as_str().into(), id.as_str().into()]),
+            serde_json::to_vec(filter).map_err(Error::internal)?,
+        );
+        self.db.commit(batch).await?;
+        Ok(id)
+    }
+
+    pub fn load_filter(&self, user_id: &UserId, id: &str) -> Result<Option<FilterDefinition>> {
+        let tree = self.db.tree(trees::USERFILTERID_FILTER)?;
+        tree.get(&codec::key(&[user_id.as_str().into(), id.into()]))?
+            .map(|b| {
+                serde_json::from_slice(&b).map_err(|e| {
+                    StorageError::Corrupt { tree: trees::USERFILTERID_FILTER, reason: e.to_string() }.into()
+                })
+            })
+            .transpose()
+    }
+
+    /// Answers a `/sync`, waiting up to the timeout for something to report.
+    pub async fn sync(&self, user_id: &UserId, req: SyncRequest) -> Result<sync::Response> {
+        let mut watch = self.rooms.subscribe();
+        let deadline = tokio::time::Instant::now() + req.timeout;
+        loop {
+            let position = *watch.borrow_and_update();
+            let response = self.sync_once(user_id, &req, position)?;
+            let empty =
+                response.rooms.join.is_empty() && response.rooms.invite.is_empty() && response.rooms.leave.is_empty();
+            if req.since.is_none() || req.full_state || !empty || req.since.is_some_and(|s| s > position) {
+                return Ok(response);
+            }
+            // Nothing new: sleep until the stream moves or the timeout passes.
+            match tokio::time::timeout_at(deadline, watch.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Ok(response),
+            }
+        }
+    }
+
+    fn sync_once(&self, user_id: &UserId, req: &SyncRequest, position: u64) -> Result<sync::Response> {
+        let since = req.since.map(|s| s.min(position));
+        let mut response = sync::Response::new(format!("s{position}"));
+        let limit = req
+            .filter
+            .room
+            .timeline
+            .limit
+            .map(|l| u64::from(l) as usize)
+            .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+            .clamp(1, 500);
+        let lazy = matches!(req.filter.room.state.lazy_load_options, LazyLoadOptions::Enabled { .. });
+
+        for (room_id, record) in self.rooms.user_rooms(user_id)? {
+            if record.stream > position {
+                continue;
+            }
+            let changed_since = since.is_none_or(|s| record.stream > s);
+            match record.membership.as_str() {
+                "join" => {
+                    let room = self.joined_room(user_id, &room_id, since, position, limit, lazy, req)?;
+                    if let Some(room) = room {
+                        response.rooms.join.insert(room_id, room);
+                    }
+                }
+                "invite" if changed_since => {
+                    let mut invited = sync::InvitedRoom::new();
+                    invited.invite_state.events = self.stripped_state(&room_id, user_id)?;
+                    response.rooms.invite.insert(room_id, invited);
+                }
+                "leave" | "ban"
+                    if since.is_some() && changed_since || (since.is_none() && req.filter.room.include_leave) =>
+                {
+                    let mut left = sync::LeftRoom::new();
+                    let events = self.rooms.timeline(
+                        &room_id,
+                        since.map_or(0, |s| s + 1),
+                        record.stream + 1,
+                        true,
+                        limit + 1,
+                    )?;
+                    let (events, limited) = trim(events, limit);
+                    left.timeline.limited = limited;
+                    left.timeline.prev_batch = events.first().map(|(p, _)| format!("s{p}"));
+                    for (_, pdu) in events {
+                        if self.rooms.can_see(user_id, &pdu.event_id)? {
+                            left.timeline.events.push(pdu.to_client_event(&room_id).cast_unchecked());
+                        }
+                    }
+                    response.rooms.leave.insert(room_id, left);
+                }
+                _ => {}
+            }
+        }
+        Ok(response)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn joined_room(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        since: Option<u64>,
+        position: u64,
+        limit: usize,
+        lazy: bool,
+        req: &SyncRequest,
+    ) -> Result<Option<sync::JoinedRoom>> {
+        let membership = self.rooms.membership(user_id, room_id)?;
+        let joined_since = since.is_some_and(|s| membership.as_ref().is_some_and(|m| m.stream > s));
+        let from = since.map_or(0, |s| s + 1);
+        let events = self.rooms.timeline(room_id, from, position + 1, true, limit + 1)?;
+        if since.is_some() && events.is_empty() && !req.full_state {
+            return Ok(None);
+        }
+        let (events, limited) = trim(events, limit);
+        let mut room = sync::JoinedRoom::new();
+        room.timeline.limited = limited;
+        room.timeline.prev_batch = Some(format!("s{}", events.first().map_or(position + 1, |(p, _)| *p)));
+
+        // State before the timeline (or after it, when the client asks for `state_after`).
+        let current = self.rooms.current_state(room_id)?;
+        let at_start: Arc<StateMap> = match events.first() {
+            Some((_, first)) => match self.rooms.event_info(&first.event_id)?.and_then(|i| i.state_before) {
+                Some(g) => self.rooms.state.load(g)?,
+                None => Arc::new(StateMap::new()),
+            },
+            None => current.clone(),
+        };
+        let target = if req.use_state_after { current.clone() } else { at_start };
+        let baseline: Option<Arc<StateMap>> = match since {
+            Some(s) if !req.full_state && !joined_since => self.state_at(room_id, s)?,
+            _ => None,
+        };
+        let mut senders: BTreeSet<OwnedUserId> = events.iter().map(|(_, p)| p.sender.clone()).collect();
+        senders.insert(user_id.to_owned());
+        let mut state_events = Vec::new();
+        let in_timeline: BTreeSet<_> = events.iter().map(|(_, p)| p.event_id.clone()).collect();
+        for ((kind, key), id) in target.iter() {
+            if baseline.as_ref().is_some_and(|b| b.get(&(kind.clone(), key.clone())) == Some(id)) {
+                continue;
+            }
+            if !req.use_state_after && in_timeline.contains(id) {
+                continue;
+            }
+            if lazy && kind == "m.room.member" && !senders.iter().any(|s| s.as_str() == key) {
+                continue;
+            }
+            if let Some(pdu) = self.rooms.pdu(id)? {
+                state_events.push(pdu.to_client_event(room_id).cast_unchecked());
+            }
+        }
+        let mut state = sync::StateEvents::new();
+        state.events = state_events;
+        room.state = if req.use_state_after { sync::State::After(state) } else { sync::State::Before(state) };
+
+        for (_, pdu) in events {
+            if self.rooms.can_see(user_id, &pdu.event_id)? {
+                room.timeline.events.push(pdu.to_client_event(room_id).cast_unchecked());
+            }
+        }
+
+        // Summary: member counts and up to five heroes.
+        let members = self.rooms.members(room_id)?;
+        let count = |m: &str| UInt::try_from(members.iter().filter(|(_, x)| x == m).count() as u64).unwrap_or_default();
+        room.summary.joined_member_count = Some(count("join"));
+        room.summary.invited_member_count = Some(count("invite"));
+        room.summary.heroes = members
+            .iter()
+            .filter(|(u, m)| u != user_id && (m == "join" || m == "invite"))
+            .map(|(u, _)| u.clone())
+            .take(5)
+            .collect();
+        Ok(Some(room))
+    }
+
+    /// The room's state after the last event at or before `position`.
+    fn state_at(&self, room_id: &RoomId, position: u64) -> Result<Option<Arc<StateMap>>> {
+        let last = self.rooms.timeline(room_id, 0, position + 1, true, 1)?;
+        match last.first() {
+            Some((_, pdu)) => match self.rooms.event_info(&pdu.event_id)? {
+                Some(info) => Ok(Some(self.rooms.state.load(info.state_after)?)),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// The stripped state shown with an invite.
+    fn stripped_state(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Vec<ruma::serde::Raw<ruma::events::AnyStrippedStateEvent>>> {
+        let state = self.rooms.current_state(room_id)?;
+        let mut out = Vec::new();
+        let mut wanted: Vec<(String, String)> = [
+            "m.room.create",
+            "m.room.join_rules",
+            "m.room.name",
+            "m.room.avatar",
+            "m.room.canonical_alias",
+            "m.room.encryption",
+            "m.room.topic",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), String::new()))
+        .collect();
+        wanted.push(("m.room.member".into(), user_id.to_string()));
+        if let Some(invite) = self.rooms.state_pdu(&state, "m.room.member", user_id.as_str())? {
+            wanted.push(("m.room.member".into(), invite.sender.to_string()));
+        }
+        for (kind, key) in wanted {
+            if let Some(p) = self.rooms.state_pdu(&state, &kind, &key)? {
+                out.push(stripped(&p));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn stripped(p: &Pdu) -> ruma::serde::Raw<ruma::events::AnyStrippedStateEvent> {
+    let value = serde_json::json!({
+        "type": p.kind.to_string(),
+        "state_key": p.state_key,
+        "sender": p.sender,
+        "content": p.content_json(),
+    });
+    ruma::serde::Raw::new(&value).expect("serializes").cast_unchecked()
+}
+
+/// Keeps the newest `limit` of events fetched newest-first, in chronological order.
+fn trim(mut events: Vec<(u64, Pdu)>, limit: usize) -> (Vec<(u64, Pdu)>, bool) {
+    let limited = events.len() > limit;
+    events.truncate(limit);
+    events.reverse();
+    (events, limited)
+}

@@ -4,6 +4,7 @@ mod accounts;
 mod admin_cli;
 mod devices;
 mod discovery;
+mod ephemeral;
 mod errors;
 mod lifecycle;
 mod login;

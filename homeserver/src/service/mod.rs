@@ -1,11 +1,13 @@
 //! Services hold the rules. Handlers (client API now, federation and
 //! appservices later) call them; they call the storage layer.
 
+pub mod account_data;
 pub mod audit;
 pub mod lockout;
 pub mod locks;
 pub mod password_auth;
 pub mod ratelimit;
+pub mod receipts;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
@@ -30,6 +32,7 @@ pub struct Services {
     pub server_keys: Arc<server_keys::Service>,
     pub rooms: rooms::Service,
     pub locks: Arc<locks::UserLocks>,
+    pub typing: receipts::Typing,
 }
 
 impl Services {
@@ -43,6 +46,7 @@ impl Services {
             sessions: sessions::Service::new(config.clone(), db.clone(), locks.clone()),
             lockout: lockout::Service::new(config.clone(), db.clone(), locks.clone()),
             locks,
+            typing: receipts::Typing::new(),
             uiaa: uiaa::Service::new(),
             ratelimit: ratelimit::Service::new(config.rate_limits.clone()),
             rooms: rooms::Service::new(config.clone(), db.clone(), server_keys.clone())?,

@@ -25,13 +25,34 @@ use crate::{
     util::random_string,
 };
 
-/// Parses a sync token.
-pub fn parse_token(token: &str) -> Result<u64> {
-    token.strip_prefix('s').and_then(|n| n.parse().ok()).ok_or_else(|| err!(InvalidParam, "Invalid sync token"))
+/// A position in the server's streams: `s<events and other persisted data>_t<typing>`.
+/// Also accepted where pagination tokens are (`/messages` reads `pos`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamToken {
+    pub pos: u64,
+    pub typing: u64,
+}
+
+impl StreamToken {
+    pub fn parse(token: &str) -> Result<Self> {
+        let bad = || err!(InvalidParam, "Invalid token");
+        let rest = token.strip_prefix('s').ok_or_else(bad)?;
+        let (pos, typing) = match rest.split_once("_t") {
+            Some((p, t)) => (p.parse().map_err(|_| bad())?, t.parse().map_err(|_| bad())?),
+            None => (rest.parse().map_err(|_| bad())?, 0),
+        };
+        Ok(Self { pos, typing })
+    }
+}
+
+impl std::fmt::Display for StreamToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}_t{}", self.pos, self.typing)
+    }
 }
 
 pub struct SyncRequest {
-    pub since: Option<u64>,
+    pub since: Option<StreamToken>,
     pub full_state: bool,
     pub timeout: Duration,
     pub filter: FilterDefinition,
@@ -68,26 +89,43 @@ impl Services {
     /// Answers a `/sync`, waiting up to the timeout for something to report.
     pub async fn sync(&self, user_id: &UserId, req: SyncRequest) -> Result<sync::Response> {
         let mut watch = self.rooms.subscribe();
+        let mut typing = self.typing.subscribe();
         let deadline = tokio::time::Instant::now() + req.timeout;
         loop {
-            let position = *watch.borrow_and_update();
-            let response = self.sync_once(user_id, &req, position)?;
-            let empty =
-                response.rooms.join.is_empty() && response.rooms.invite.is_empty() && response.rooms.leave.is_empty();
-            if req.since.is_none() || req.full_state || !empty || req.since.is_some_and(|s| s > position) {
+            let now = StreamToken { pos: *watch.borrow_and_update(), typing: *typing.borrow_and_update() };
+            let response = self.sync_once(user_id, &req, now)?;
+            let empty = response.rooms.join.is_empty()
+                && response.rooms.invite.is_empty()
+                && response.rooms.leave.is_empty()
+                && response.account_data.events.is_empty();
+            if req.since.is_none() || req.full_state || !empty || req.since.is_some_and(|s| s.pos > now.pos) {
                 return Ok(response);
             }
-            // Nothing new: sleep until the stream moves or the timeout passes.
-            match tokio::time::timeout_at(deadline, watch.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return Ok(response),
+            // Nothing new: sleep until a stream moves or the timeout passes.
+            let moved = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    r = watch.changed() => r.is_ok(),
+                    r = typing.changed() => r.is_ok(),
+                }
+            })
+            .await;
+            if !matches!(moved, Ok(true)) {
+                return Ok(response);
             }
         }
     }
 
-    fn sync_once(&self, user_id: &UserId, req: &SyncRequest, position: u64) -> Result<sync::Response> {
-        let since = req.since.map(|s| s.min(position));
-        let mut response = sync::Response::new(format!("s{position}"));
+    fn sync_once(&self, user_id: &UserId, req: &SyncRequest, now: StreamToken) -> Result<sync::Response> {
+        let position = now.pos;
+        let since = req.since.map(|s| s.pos.min(position));
+        // A typing position from before a restart is meaningless: treat it as none.
+        let since_typing = req.since.map(|s| if s.typing > now.typing { 0 } else { s.typing });
+        let mut response = sync::Response::new(now.to_string());
+        for (room, kind, content) in self.account_data_since(user_id, since, position)? {
+            if room.is_none() {
+                response.account_data.events.push(account_data_event(&kind, content).cast_unchecked());
+            }
+        }
         let limit = req
             .filter
             .room
@@ -105,8 +143,34 @@ impl Services {
             let changed_since = since.is_none_or(|s| record.stream > s);
             match record.membership.as_str() {
                 "join" => {
-                    let room = self.joined_room(user_id, &room_id, since, position, limit, lazy, req)?;
-                    if let Some(room) = room {
+                    let mut room = self.joined_room(user_id, &room_id, since, position, limit, lazy, req)?;
+                    let mut extras = sync::JoinedRoom::new();
+                    for (room, kind, content) in self.account_data_since(user_id, since, position)? {
+                        if room.as_deref() == Some(room_id.as_str()) {
+                            extras.account_data.events.push(account_data_event(&kind, content).cast_unchecked());
+                        }
+                    }
+                    if let Some(users) = self.typing.changed_since(&room_id, since_typing) {
+                        let typing = serde_json::json!({ "type": "m.typing", "content": { "user_ids": users } });
+                        extras
+                            .ephemeral
+                            .events
+                            .push(ruma::serde::Raw::new(&typing).expect("serializes").cast_unchecked());
+                    }
+                    if let Some(content) = self.receipts_since(&room_id, user_id, since, position)? {
+                        let receipt = serde_json::json!({ "type": "m.receipt", "content": content });
+                        extras
+                            .ephemeral
+                            .events
+                            .push(ruma::serde::Raw::new(&receipt).expect("serializes").cast_unchecked());
+                    }
+                    if room.is_none() && (!extras.account_data.events.is_empty() || !extras.ephemeral.events.is_empty())
+                    {
+                        room = Some(sync::JoinedRoom::new());
+                    }
+                    if let Some(mut room) = room {
+                        room.account_data = extras.account_data;
+                        room.ephemeral = extras.ephemeral;
                         response.rooms.join.insert(room_id, room);
                     }
                 }
@@ -264,6 +328,10 @@ impl Services {
         }
         Ok(out)
     }
+}
+
+fn account_data_event(kind: &str, content: serde_json::Value) -> ruma::serde::Raw<serde_json::Value> {
+    ruma::serde::Raw::new(&serde_json::json!({ "type": kind, "content": content })).expect("serializes")
 }
 
 fn stripped(p: &Pdu) -> ruma::serde::Raw<ruma::events::AnyStrippedStateEvent> {

@@ -51,6 +51,11 @@ pub const USERDEVICETXN_EVENTID: &str = "userdevicetxn_eventid";
 /// `user_id SEP filter_id` → a saved sync filter (JSON).
 pub const USERFILTERID_FILTER: &str = "userfilterid_filter";
 
+/// `user_id SEP room_id ("" for global) SEP type` → `{content, stream}` account data.
+pub const USERROOMTYPE_ACCOUNTDATA: &str = "userroomtype_accountdata";
+/// `room_id SEP receipt_type SEP user_id SEP thread` → `{event_id, ts, stream}`.
+pub const ROOMRECEIPT_DATA: &str = "roomreceipt_data";
+
 /// All trees, in the order they are opened.
 pub const ALL: &[TreeDef] = &[
     TreeDef {
@@ -80,4 +85,12 @@ pub const ALL: &[TreeDef] = &[
     TreeDef { name: ROOMUSERID_MEMBERSHIP, layout: "room_id SEP user_id → membership" },
     TreeDef { name: USERDEVICETXN_EVENTID, layout: "user_id SEP device_id SEP txn_id → event_id" },
     TreeDef { name: USERFILTERID_FILTER, layout: "user_id SEP filter_id → filter definition (JSON)" },
+    TreeDef {
+        name: USERROOMTYPE_ACCOUNTDATA,
+        layout: "user_id SEP room_id (empty: global) SEP type → {content, stream}",
+    },
+    TreeDef {
+        name: ROOMRECEIPT_DATA,
+        layout: "room_id SEP receipt_type SEP user_id SEP thread → {event_id, ts, stream}",
+    },
 ];

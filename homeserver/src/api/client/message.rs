@@ -12,6 +12,7 @@ use crate::{
     service::{
         Services,
         rooms::{NewEvent, txn_key},
+        sync::StreamToken,
     },
 };
 
@@ -37,9 +38,9 @@ pub async fn send_message_event_route(
     Ok(send_message_event::v3::Response::new(pdu.event_id))
 }
 
-/// Pagination tokens: `s<stream position>`, opaque to clients.
+/// Pagination tokens are stream tokens (`/sync`'s `next_batch` is accepted too).
 fn parse_token(t: &str) -> Result<u64> {
-    t.strip_prefix('s').and_then(|n| n.parse().ok()).ok_or_else(|| err!(InvalidParam, "Invalid pagination token"))
+    Ok(StreamToken::parse(t)?.pos)
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/messages`

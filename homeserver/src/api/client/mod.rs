@@ -2,11 +2,13 @@
 //! and path in the doc line; the path itself comes from ruma's metadata.
 
 mod account;
+mod account_data;
 mod device;
 mod discovery;
 mod membership;
 mod message;
 mod profile;
+mod receipt;
 mod register;
 mod room;
 mod session;
@@ -73,4 +75,18 @@ pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
         .ruma_route::<c::sync::sync_events::v3::Request, _, _>(sync::sync_events_route)
         .ruma_route::<c::filter::create_filter::v3::Request, _, _>(sync::create_filter_route)
         .ruma_route::<c::filter::get_filter::v3::Request, _, _>(sync::get_filter_route)
+        .ruma_route::<c::config::set_global_account_data::v3::Request, _, _>(
+            account_data::set_global_account_data_route,
+        )
+        .ruma_route::<c::config::get_global_account_data::v3::Request, _, _>(
+            account_data::get_global_account_data_route,
+        )
+        .ruma_route::<c::config::set_room_account_data::v3::Request, _, _>(account_data::set_room_account_data_route)
+        .ruma_route::<c::config::get_room_account_data::v3::Request, _, _>(account_data::get_room_account_data_route)
+        .ruma_route::<c::tag::get_tags::v3::Request, _, _>(account_data::get_tags_route)
+        .ruma_route::<c::tag::create_tag::v3::Request, _, _>(account_data::create_tag_route)
+        .ruma_route::<c::tag::delete_tag::v3::Request, _, _>(account_data::delete_tag_route)
+        .ruma_route::<c::receipt::create_receipt::v3::Request, _, _>(receipt::create_receipt_route)
+        .ruma_route::<c::read_marker::set_read_marker::v3::Request, _, _>(receipt::set_read_marker_route)
+        .ruma_route::<c::typing::create_typing_event::v3::Request, _, _>(receipt::create_typing_event_route)
 }

@@ -11,7 +11,7 @@ use crate::{
     error::Result,
     service::{
         Services,
-        sync::{SyncRequest, parse_token},
+        sync::{StreamToken, SyncRequest},
     },
 };
 
@@ -30,7 +30,7 @@ pub async fn sync_events_route(s: Arc<Services>, body: Ruma<sync::Request>) -> R
         }
         Some(_) => FilterDefinition::default(),
     };
-    let since = req.since.as_deref().map(parse_token).transpose()?;
+    let since = req.since.as_deref().map(StreamToken::parse).transpose()?;
     let request = SyncRequest {
         since,
         full_state: req.full_state,

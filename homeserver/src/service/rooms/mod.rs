@@ -241,6 +241,37 @@ impl Service {
         Ok(out)
     }
 
+    /// Applies `batch` plus what `fill` adds for the next stream position,
+    /// in position order, then waits until it is durable and wakes syncs.
+    /// `guard` (a room lock) is released once the write is applied.
+    pub async fn commit_at_next_position<G>(
+        &self,
+        mut batch: Batch,
+        guard: Option<G>,
+        fill: impl FnOnce(u64, &mut Batch),
+    ) -> Result<u64> {
+        let stream = {
+            let mut position = self.append_lock.lock().await;
+            let stream = *position + 1;
+            fill(stream, &mut batch);
+            batch.insert(trees::GLOBAL, STREAM_KEY.to_vec(), codec::u64_bytes(stream).to_vec());
+            self.db.apply(batch)?;
+            *position = stream;
+            stream
+        };
+        drop(guard);
+        self.db.durable().await?;
+        self.durable.send_if_modified(|d| {
+            if stream > *d {
+                *d = stream;
+                true
+            } else {
+                false
+            }
+        });
+        Ok(stream)
+    }
+
     /// The event a client transaction already produced, if any.
     pub fn txn_event(&self, key: &[u8]) -> Result<Option<OwnedEventId>> {
         let tree = self.db.tree(trees::USERDEVICETXN_EVENTID)?;
@@ -458,48 +489,36 @@ impl Service {
             })
             .flatten();
 
-        let stream = {
-            let mut position = self.append_lock.lock().await;
-            let stream = *position + 1;
-            let info = EventInfo { room_id: room_id.clone(), stream, state_before: state_group_before, state_after };
+        let room_for_info = room_id.clone();
+        let id_for_info = event_id.clone();
+        self.commit_at_next_position(batch, Some(room_guard), move |stream, batch| {
+            let info =
+                EventInfo { room_id: room_for_info.clone(), stream, state_before: state_group_before, state_after };
             batch.insert(
                 trees::EVENTID_INFO,
-                event_id.as_bytes().to_vec(),
+                id_for_info.as_bytes().to_vec(),
                 serde_json::to_vec(&info).expect("serializes"),
             );
             batch.insert(
                 trees::ROOMSTREAM_EVENTID,
-                codec::key(&[room_id.as_str().into(), stream.into()]),
-                event_id.as_bytes().to_vec(),
+                codec::key(&[room_for_info.as_str().into(), stream.into()]),
+                id_for_info.as_bytes().to_vec(),
             );
             if let Some((user, m)) = &membership {
                 let rec = MembershipRecord { membership: m.clone(), stream };
                 batch.insert(
                     trees::USERROOMID_MEMBERSHIP,
-                    codec::key(&[user.as_str().into(), room_id.as_str().into()]),
+                    codec::key(&[user.as_str().into(), room_for_info.as_str().into()]),
                     serde_json::to_vec(&rec).expect("serializes"),
                 );
                 batch.insert(
                     trees::ROOMUSERID_MEMBERSHIP,
-                    codec::key(&[room_id.as_str().into(), user.as_str().into()]),
+                    codec::key(&[room_for_info.as_str().into(), user.as_str().into()]),
                     m.as_bytes().to_vec(),
                 );
             }
-            batch.insert(trees::GLOBAL, STREAM_KEY.to_vec(), codec::u64_bytes(stream).to_vec());
-            self.db.apply(batch)?;
-            *position = stream;
-            stream
-        };
-        drop(room_guard);
-        self.db.durable().await?;
-        self.durable.send_if_modified(|d| {
-            if stream > *d {
-                *d = stream;
-                true
-            } else {
-                false
-            }
-        });
+        })
+        .await?;
         Ok(event)
     }
 }

@@ -167,6 +167,6 @@ impl Services {
             let by_event = content.entry(r.event_id).or_insert_with(|| json!({}));
             by_event[kind][user] = data;
         }
-        Ok((!content.is_empty()).then(|| Value::Object(content)))
+        Ok((!content.is_empty()).then_some(Value::Object(content)))
     }
 }

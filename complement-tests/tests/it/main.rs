@@ -11,6 +11,7 @@ mod login;
 mod matrix_sdk_client;
 mod profile;
 mod register;
+mod room_extras;
 mod rooms;
 mod security;
 mod sync;

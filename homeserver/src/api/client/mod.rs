@@ -9,6 +9,7 @@ mod membership;
 mod message;
 mod profile;
 mod receipt;
+mod redact;
 mod register;
 mod room;
 mod session;
@@ -89,4 +90,10 @@ pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
         .ruma_route::<c::receipt::create_receipt::v3::Request, _, _>(receipt::create_receipt_route)
         .ruma_route::<c::read_marker::set_read_marker::v3::Request, _, _>(receipt::set_read_marker_route)
         .ruma_route::<c::typing::create_typing_event::v3::Request, _, _>(receipt::create_typing_event_route)
+        .ruma_route::<c::redact::redact_event::v3::Request, _, _>(redact::redact_event_route)
+        .ruma_route::<c::discovery::get_capabilities::v3::Request, _, _>(redact::get_capabilities_route)
+        .ruma_route::<c::context::get_context::v3::Request, _, _>(redact::get_context_route)
+        .ruma_route::<c::room::get_event_by_timestamp::v1::Request, _, _>(redact::timestamp_to_event_route)
+        .ruma_route::<c::membership::forget_room::v3::Request, _, _>(redact::forget_room_route)
+        .ruma_route::<c::knock::knock_room::v3::Request, _, _>(redact::knock_room_route)
 }

@@ -522,3 +522,80 @@ impl Service {
         Ok(event)
     }
 }
+
+impl Service {
+    /// Whether `sender` may redact `target` in the room: their own event, or
+    /// with at least the room's `redact` power level.
+    pub fn may_redact(&self, room_id: &RoomId, sender: &UserId, target: &Pdu) -> Result<bool> {
+        if target.sender == sender {
+            return Ok(true);
+        }
+        let room = self.room(room_id)?.ok_or_else(|| err!(NotFound, "Unknown room"))?;
+        let rules = pdu::rules_for(&room.version)?;
+        let state = self.state.load(room.state_group)?;
+        let power = self.state_pdu(&state, "m.room.power_levels", "")?.map(|p| p.content_json()).unwrap_or_default();
+        let level = |u: &UserId| -> i64 {
+            power
+                .get("users")
+                .and_then(|m| m.get(u.as_str()))
+                .and_then(|v| v.as_i64())
+                .unwrap_or_else(|| power.get("users_default").and_then(|v| v.as_i64()).unwrap_or(0))
+        };
+        // Room creators of versions that privilege them outrank every power level.
+        if rules.authorization.explicitly_privilege_room_creators {
+            let create = self.pdu(&room.create_event_id)?;
+            let mut creators = vec![];
+            if let Some(c) = &create {
+                creators.push(c.sender.to_string());
+                if let Some(extra) = c.content_json().get("additional_creators").and_then(|v| v.as_array()) {
+                    creators.extend(extra.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+                }
+            }
+            if creators.iter().any(|c| c == sender.as_str()) {
+                return Ok(true);
+            }
+        }
+        let needed = power.get("redact").and_then(|v| v.as_i64()).unwrap_or(50);
+        Ok(level(sender) >= needed)
+    }
+
+    /// Replaces a stored event by its redacted form (the room version's
+    /// redaction algorithm); the original content is gone afterwards.
+    pub async fn apply_redaction(&self, target: &Pdu, redaction: &Pdu) -> Result<()> {
+        let room = self.room(&target.room)?.ok_or_else(|| err!(NotFound, "Unknown room"))?;
+        let rules = pdu::rules_for(&room.version)?;
+        let mut redacted = ruma::canonical_json::redact(target.json.clone(), &rules.redaction, None)
+            .map_err(|e| Error::internal(format!("redaction failed: {e}")))?;
+        let because = serde_json::to_value(redaction.to_client_event(&target.room)).map_err(Error::internal)?;
+        let because = CanonicalJsonValue::try_from(because).map_err(Error::internal)?;
+        let mut unsigned = CanonicalJsonObject::new();
+        unsigned.insert("redacted_because".into(), because);
+        redacted.insert("unsigned".into(), CanonicalJsonValue::Object(unsigned));
+        let mut batch = Batch::new();
+        batch.insert(
+            trees::EVENTID_PDU,
+            target.event_id.as_bytes().to_vec(),
+            serde_json::to_vec(&redacted).expect("serializes"),
+        );
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// The event closest to `ts` in the given direction.
+    pub fn event_by_timestamp(&self, room_id: &RoomId, ts: u64, forwards: bool) -> Result<Option<Pdu>> {
+        let position = self.stream_position() + 1;
+        let events = self.timeline(room_id, 0, position, !forwards, usize::MAX)?;
+        Ok(events.into_iter().map(|(_, p)| p).find(|p| {
+            let t = u64::from(p.origin_server_ts.0);
+            if forwards { t >= ts } else { t <= ts }
+        }))
+    }
+
+    /// Removes a room the user has left from their room list.
+    pub async fn forget(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.remove(trees::USERROOMID_MEMBERSHIP, codec::key(&[user_id.as_str().into(), room_id.as_str().into()]));
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+}

@@ -3,6 +3,7 @@
 mod accounts;
 mod admin_cli;
 mod devices;
+mod directory;
 mod discovery;
 mod ephemeral;
 mod errors;

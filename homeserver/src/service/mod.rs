@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod audit;
+pub mod directory;
 pub mod lockout;
 pub mod locks;
 pub mod password_auth;

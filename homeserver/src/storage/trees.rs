@@ -56,6 +56,13 @@ pub const USERROOMTYPE_ACCOUNTDATA: &str = "userroomtype_accountdata";
 /// `room_id SEP receipt_type SEP user_id SEP thread` → `{event_id, ts, stream}`.
 pub const ROOMRECEIPT_DATA: &str = "roomreceipt_data";
 
+/// Room alias → `{room_id, creator}`.
+pub const ALIAS_ROOMID: &str = "alias_roomid";
+/// `room_id SEP alias` → empty: a room's local aliases.
+pub const ROOMALIAS_EMPTY: &str = "roomalias_empty";
+/// Room ID → empty: rooms published in the room directory.
+pub const ROOMID_PUBLISHED: &str = "roomid_published";
+
 /// All trees, in the order they are opened.
 pub const ALL: &[TreeDef] = &[
     TreeDef {
@@ -93,4 +100,25 @@ pub const ALL: &[TreeDef] = &[
         name: ROOMRECEIPT_DATA,
         layout: "room_id SEP receipt_type SEP user_id SEP thread → {event_id, ts, stream}",
     },
+    TreeDef { name: ALIAS_ROOMID, layout: "room alias → {room_id, creator}" },
+    TreeDef { name: ROOMALIAS_EMPTY, layout: "room_id SEP alias → (empty)" },
+    TreeDef { name: ROOMID_PUBLISHED, layout: "room_id → (empty): published in the room directory" },
 ];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tree_names_are_unique_and_documented() {
+        let mut names: Vec<&str> = super::ALL.iter().map(|t| t.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), super::ALL.len());
+        assert!(super::ALL.iter().all(|t| !t.layout.is_empty()));
+        // Every tree constant of this module is declared in ALL.
+        let source = include_str!("trees.rs");
+        for line in source.lines().filter(|l| l.starts_with("pub const ") && l.contains(": &str")) {
+            let value = line.split('"').nth(1).expect("a quoted tree name");
+            assert!(names.contains(&value), "{value} is not in ALL");
+        }
+    }
+}

@@ -57,6 +57,14 @@ fn local_target(s: &Services, user: &UserId) -> Result<()> {
     Ok(())
 }
 
+/// Resolves a room ID or a local alias.
+pub(super) fn resolve_room(s: &Services, target: &ruma::RoomOrAliasId) -> Result<OwnedRoomId> {
+    match <&ruma::RoomId>::try_from(target) {
+        Ok(room_id) => Ok(room_id.to_owned()),
+        Err(alias) => Ok(s.resolve_alias(alias)?.ok_or_else(|| err!(NotFound, "Room alias not found"))?.room_id),
+    }
+}
+
 /// `GET /_matrix/client/v3/joined_rooms`
 pub async fn joined_rooms_route(
     s: Arc<Services>,
@@ -83,12 +91,7 @@ pub async fn join_room_by_id_or_alias_route(
     body: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let user = body.user()?;
-    let room_id: OwnedRoomId = body
-        .body
-        .room_id_or_alias
-        .as_str()
-        .try_into()
-        .map_err(|_| err!(NotFound, "Room aliases are not supported by this server yet"))?;
+    let room_id = resolve_room(&s, &body.body.room_id_or_alias)?;
     set_membership(&s, user, &room_id, user, "join", json!({ "reason": body.body.reason })).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }

@@ -4,6 +4,7 @@
 mod account;
 mod account_data;
 mod device;
+mod directory;
 mod discovery;
 mod membership;
 mod message;
@@ -96,4 +97,14 @@ pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
         .ruma_route::<c::room::get_event_by_timestamp::v1::Request, _, _>(redact::timestamp_to_event_route)
         .ruma_route::<c::membership::forget_room::v3::Request, _, _>(redact::forget_room_route)
         .ruma_route::<c::knock::knock_room::v3::Request, _, _>(redact::knock_room_route)
+        .ruma_route::<c::alias::create_alias::v3::Request, _, _>(directory::create_alias_route)
+        .ruma_route::<c::alias::get_alias::v3::Request, _, _>(directory::get_alias_route)
+        .ruma_route::<c::alias::delete_alias::v3::Request, _, _>(directory::delete_alias_route)
+        .ruma_route::<c::room::aliases::v3::Request, _, _>(directory::room_aliases_route)
+        .ruma_route::<c::directory::get_room_visibility::v3::Request, _, _>(directory::get_room_visibility_route)
+        .ruma_route::<c::directory::set_room_visibility::v3::Request, _, _>(directory::set_room_visibility_route)
+        .ruma_route::<c::directory::get_public_rooms::v3::Request, _, _>(directory::get_public_rooms_route)
+        .ruma_route::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(
+            directory::get_public_rooms_filtered_route,
+        )
 }

@@ -153,12 +153,7 @@ pub async fn knock_room_route(
     body: Ruma<knock_room::v3::Request>,
 ) -> Result<knock_room::v3::Response> {
     let user = body.user()?;
-    let room_id: ruma::OwnedRoomId = body
-        .body
-        .room_id_or_alias
-        .as_str()
-        .try_into()
-        .map_err(|_| err!(NotFound, "Room aliases are not supported by this server yet"))?;
+    let room_id = super::membership::resolve_room(&s, &body.body.room_id_or_alias)?;
     let room = s.rooms.room(&room_id)?.ok_or_else(|| err!(NotFound, "Unknown room"))?;
     let mut content = json!({ "membership": "knock" });
     if let Some(r) = &body.body.reason {

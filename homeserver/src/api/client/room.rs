@@ -38,9 +38,20 @@ pub async fn create_room_route(
             format!("Room version {version} is not supported"),
         ));
     }
-    if req.room_alias_name.is_some() {
-        return Err(err!(InvalidParam, "Room aliases are not supported by this server yet"));
-    }
+    let alias = match &req.room_alias_name {
+        Some(name) => {
+            let alias = ruma::RoomAliasId::parse(format!("#{name}:{}", s.config.server_name))
+                .map_err(|_| err!(InvalidParam, "Invalid room_alias_name"))?;
+            if s.resolve_alias(&alias)?.is_some() {
+                return Err(crate::error::Error::new(
+                    crate::error::ErrorKind::RoomInUse,
+                    "The room alias is already taken",
+                ));
+            }
+            Some(alias)
+        }
+        None => None,
+    };
     let preset = match req.preset.as_ref().map(|p| p.as_str()) {
         Some("private_chat") => Preset::PrivateChat,
         Some("trusted_private_chat") => Preset::TrustedPrivateChat,
@@ -93,6 +104,22 @@ pub async fn create_room_route(
             },
         )
         .await?;
+    if let Some(alias) = alias {
+        s.create_alias(&alias, &room_id, &sender).await?;
+        let room = s.rooms.room(&room_id)?.ok_or_else(|| err!(NotFound, "Unknown room"))?;
+        let content = serde_json::json!({ "alias": alias });
+        s.rooms
+            .append(
+                Some(&room_id),
+                &room.version,
+                &sender,
+                crate::service::rooms::NewEvent::state("m.room.canonical_alias", "", content),
+            )
+            .await?;
+    }
+    if req.visibility == Visibility::Public {
+        s.set_published(&room_id, true).await?;
+    }
     Ok(create_room::v3::Response::new(room_id))
 }
 

@@ -92,11 +92,10 @@ pub async fn set_room_visibility_route(
     Ok(set_room_visibility::v3::Response::new())
 }
 
-fn page(
-    rooms: Vec<Value>,
-    since: Option<&str>,
-    limit: Option<u64>,
-) -> Result<(Vec<PublicRoomsChunk>, Option<String>, Option<String>, u64)> {
+/// One page of the directory: chunk, next token, previous token, total.
+struct Page(Vec<PublicRoomsChunk>, Option<String>, Option<String>, u64);
+
+fn page(rooms: Vec<Value>, since: Option<&str>, limit: Option<u64>) -> Result<Page> {
     let total = rooms.len() as u64;
     let offset = match since {
         Some(t) => t

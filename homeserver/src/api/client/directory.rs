@@ -132,7 +132,7 @@ pub async fn get_public_rooms_route(
     body: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response> {
     check_server(&s, body.body.server.as_ref())?;
-    let (chunk, next, prev, total) =
+    let Page(chunk, next, prev, total) =
         page(s.public_rooms(None)?, body.body.since.as_deref(), body.body.limit.map(u64::from))?;
     let mut response = get_public_rooms::v3::Response::new(chunk);
     response.next_batch = next;

@@ -11,6 +11,7 @@ mod lifecycle;
 mod login;
 mod matrix_sdk_client;
 mod profile;
+mod push;
 mod register;
 mod room_extras;
 mod rooms;

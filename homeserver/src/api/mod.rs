@@ -259,6 +259,15 @@ pub trait RumaRouter {
         H: Fn(Arc<Services>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
 
+    /// Like [`RumaRouter::ruma_route`], and also serves paths ending in `/`
+    /// without that slash (clients use both forms of `GET /pushrules/`).
+    fn ruma_route_optional_trailing_slash<Req, H, Fut>(self, handler: H) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: AuthDispatch,
+        H: Fn(Arc<Services>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
+
     /// Like [`RumaRouter::ruma_route`], and also serves the paths with the
     /// last parameter (a state key) left out or empty (`…/state/{type}` and
     /// `…/state/{type}/`), which clients use for the empty state key.
@@ -308,6 +317,22 @@ where
 }
 
 impl RumaRouter for Router<AppState> {
+    fn ruma_route_optional_trailing_slash<Req, H, Fut>(self, handler: H) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: AuthDispatch,
+        H: Fn(Arc<Services>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
+    {
+        let mut router = self.ruma_route::<Req, _, _>(handler.clone());
+        for path in Req::PATH_BUILDER.all_paths() {
+            if let Some(short) = path.strip_suffix('/') {
+                router = register::<Req, _, _>(router, short, false, handler.clone());
+            }
+        }
+        router
+    }
+
     fn ruma_route<Req, H, Fut>(self, handler: H) -> Self
     where
         Req: IncomingRequest + Send + 'static,

@@ -7,6 +7,7 @@ pub mod directory;
 pub mod lockout;
 pub mod locks;
 pub mod password_auth;
+pub mod pushrules;
 pub mod ratelimit;
 pub mod receipts;
 pub mod rooms;

@@ -93,7 +93,7 @@ impl Services {
         let deadline = tokio::time::Instant::now() + req.timeout;
         loop {
             let now = StreamToken { pos: *watch.borrow_and_update(), typing: *typing.borrow_and_update() };
-            let response = self.sync_once(user_id, &req, now)?;
+            let response = self.sync_once(user_id, &req, now).await?;
             let empty = response.rooms.join.is_empty()
                 && response.rooms.invite.is_empty()
                 && response.rooms.leave.is_empty()
@@ -115,7 +115,7 @@ impl Services {
         }
     }
 
-    fn sync_once(&self, user_id: &UserId, req: &SyncRequest, now: StreamToken) -> Result<sync::Response> {
+    async fn sync_once(&self, user_id: &UserId, req: &SyncRequest, now: StreamToken) -> Result<sync::Response> {
         let position = now.pos;
         let since = req.since.map(|s| s.pos.min(position));
         // A typing position from before a restart is meaningless: treat it as none.
@@ -171,6 +171,9 @@ impl Services {
                     if let Some(mut room) = room {
                         room.account_data = extras.account_data;
                         room.ephemeral = extras.ephemeral;
+                        let (notify, highlight) = self.unread_counts(&room_id, user_id, position).await?;
+                        room.unread_notifications.notification_count = Some(UInt::try_from(notify).unwrap_or_default());
+                        room.unread_notifications.highlight_count = Some(UInt::try_from(highlight).unwrap_or_default());
                         response.rooms.join.insert(room_id, room);
                     }
                 }

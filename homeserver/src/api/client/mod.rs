@@ -9,6 +9,7 @@ mod discovery;
 mod membership;
 mod message;
 mod profile;
+mod push;
 mod receipt;
 mod redact;
 mod register;
@@ -97,6 +98,19 @@ pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
         .ruma_route::<c::room::get_event_by_timestamp::v1::Request, _, _>(redact::timestamp_to_event_route)
         .ruma_route::<c::membership::forget_room::v3::Request, _, _>(redact::forget_room_route)
         .ruma_route::<c::knock::knock_room::v3::Request, _, _>(redact::knock_room_route)
+        .ruma_route_optional_trailing_slash::<c::push::get_pushrules_all::v3::Request, _, _>(
+            push::get_pushrules_all_route,
+        )
+        .ruma_route_optional_trailing_slash::<c::push::get_pushrules_global_scope::v3::Request, _, _>(
+            push::get_pushrules_global_route,
+        )
+        .ruma_route::<c::push::get_pushrule::v3::Request, _, _>(push::get_pushrule_route)
+        .ruma_route::<c::push::set_pushrule::v3::Request, _, _>(push::set_pushrule_route)
+        .ruma_route::<c::push::delete_pushrule::v3::Request, _, _>(push::delete_pushrule_route)
+        .ruma_route::<c::push::get_pushrule_enabled::v3::Request, _, _>(push::get_pushrule_enabled_route)
+        .ruma_route::<c::push::set_pushrule_enabled::v3::Request, _, _>(push::set_pushrule_enabled_route)
+        .ruma_route::<c::push::get_pushrule_actions::v3::Request, _, _>(push::get_pushrule_actions_route)
+        .ruma_route::<c::push::set_pushrule_actions::v3::Request, _, _>(push::set_pushrule_actions_route)
         .ruma_route::<c::alias::create_alias::v3::Request, _, _>(directory::create_alias_route)
         .ruma_route::<c::alias::get_alias::v3::Request, _, _>(directory::get_alias_route)
         .ruma_route::<c::alias::delete_alias::v3::Request, _, _>(directory::delete_alias_route)

@@ -50,7 +50,7 @@ async fn default_rules_and_edits() {
         .put(
             &format!("{V3}/pushrules/global/override/x?before=missing"),
             Some(&a.access_token),
-            json!({ "actions": [] }),
+            json!({ "conditions": [], "actions": [] }),
         )
         .await;
     assert_eq!(status, 404);

@@ -13,10 +13,17 @@ use std::{
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+static BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// Uses an already built binary (e.g. the release build for benchmarks)
+/// instead of building one. Must be called before any server starts.
+pub fn use_binary(path: PathBuf) {
+    let _ = BIN.set(path);
+}
+
 /// Builds the `homeserver` binary once per test process (a no-op when it is
 /// up to date) and returns its path.
 pub fn homeserver_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Ok(p) = std::env::var("HEARTH_BIN") {
             return PathBuf::from(p);

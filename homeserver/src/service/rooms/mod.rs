@@ -4,7 +4,10 @@
 
 pub mod create;
 pub mod pdu;
+mod resolve;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{
     Arc,
@@ -78,6 +81,10 @@ pub struct NewEvent {
     pub redacts: Option<OwnedEventId>,
     /// Key in `userdevicetxn_eventid` recorded atomically with the event.
     pub txn: Option<Vec<u8>>,
+    /// The events to build on; `None` means the room's forward extremities.
+    /// Naming others forks the DAG (as events arriving over federation do);
+    /// the fork's states are then merged with state resolution.
+    pub prev_events: Option<Vec<OwnedEventId>>,
 }
 
 /// The key of a client transaction.
@@ -87,11 +94,18 @@ pub fn txn_key(user_id: &UserId, device_id: &ruma::DeviceId, txn_id: &str) -> Ve
 
 impl NewEvent {
     pub fn state(kind: impl Into<String>, state_key: impl Into<String>, content: serde_json::Value) -> Self {
-        Self { kind: kind.into().into(), content, state_key: Some(state_key.into()), redacts: None, txn: None }
+        Self {
+            kind: kind.into().into(),
+            content,
+            state_key: Some(state_key.into()),
+            redacts: None,
+            txn: None,
+            prev_events: None,
+        }
     }
 
     pub fn message(kind: impl Into<String>, content: serde_json::Value) -> Self {
-        Self { kind: kind.into().into(), content, state_key: None, redacts: None, txn: None }
+        Self { kind: kind.into().into(), content, state_key: None, redacts: None, txn: None, prev_events: None }
     }
 }
 
@@ -365,8 +379,25 @@ impl Service {
                 err!(NotFound, "Unknown room")
             });
         }
-        let state_before = match &room {
-            Some(r) => Some(self.state.load(r.state_group)?),
+        // What the event builds on: the extremities (whose resolved state is the
+        // room's current state) or explicitly named events.
+        let mut pre_batch = Batch::new();
+        let (prev, state_group_before, depth) = match (&room, &new.prev_events) {
+            (None, _) => (Vec::new(), None, 1),
+            (Some(r), None) => (r.extremities.clone(), Some(r.state_group), r.depth + 1),
+            (Some(_), Some(prev)) => {
+                let mut groups = Vec::new();
+                let mut depth = 0;
+                for id in prev {
+                    let info = self.event_info(id)?.ok_or_else(|| err!(NotFound, "Unknown prev event {id}"))?;
+                    groups.push(info.state_after);
+                    depth = depth.max(self.pdu(id)?.map_or(0, |p| u64::from(p.depth)));
+                }
+                (prev.clone(), Some(self.resolved_group(version, &groups, &mut pre_batch)?), depth + 1)
+            }
+        };
+        let state_before = match state_group_before {
+            Some(g) => Some(self.state.load(g)?),
             None => None,
         };
 
@@ -399,13 +430,11 @@ impl Service {
         let ids = |v: &[OwnedEventId]| CanonicalJsonValue::Array(v.iter().map(|i| text(i.as_str())).collect());
         object.insert("auth_events".into(), ids(&auth_events));
         object.insert("content".into(), CanonicalJsonValue::Object(content_obj));
-        let depth = room.as_ref().map_or(1, |r| r.depth + 1);
         object.insert("depth".into(), CanonicalJsonValue::Integer(ruma::Int::from(depth as u32)));
         object.insert(
             "origin_server_ts".into(),
             CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).map_err(Error::internal)?),
         );
-        let prev = room.as_ref().map(|r| r.extremities.clone()).unwrap_or_default();
         object.insert("prev_events".into(), ids(&prev));
         if let Some(r) = room_id {
             object.insert("room_id".into(), text(r.as_str()));
@@ -450,8 +479,7 @@ impl Service {
         }
 
         // Store: the event, its place in the timeline, the new state and the room record.
-        let mut batch = Batch::new();
-        let state_group_before = room.as_ref().map(|r| r.state_group);
+        let mut batch = pre_batch;
         let state_after = if let Some(key) = &new.state_key {
             let group = self.group_counter.fetch_add(1, Ordering::SeqCst) + 1;
             self.state.write_group(
@@ -465,11 +493,26 @@ impl Service {
         } else {
             state_group_before.ok_or_else(|| Error::internal("a room without state"))?
         };
+        // The new forward extremities; with more than one, the room's state is their resolution.
+        let mut extremities: Vec<OwnedEventId> = room
+            .as_ref()
+            .map(|r| r.extremities.iter().filter(|e| !prev.contains(e)).cloned().collect())
+            .unwrap_or_default();
+        extremities.push(event_id.clone());
+        let current_group = if extremities.len() == 1 {
+            state_after
+        } else {
+            let mut groups = vec![state_after];
+            for id in &extremities[..extremities.len() - 1] {
+                groups.push(self.event_info(id)?.ok_or_else(|| Error::internal("extremity without info"))?.state_after);
+            }
+            self.resolved_group(version, &groups, &mut batch)?
+        };
         let record = RoomRecord {
             version: version.clone(),
-            state_group: state_after,
-            extremities: vec![event_id.clone()],
-            depth,
+            state_group: current_group,
+            extremities,
+            depth: depth.max(room.as_ref().map_or(0, |r| r.depth)),
             create_event_id: room.as_ref().map_or_else(|| event_id.clone(), |r| r.create_event_id.clone()),
         };
         batch.insert(trees::ROOMID_ROOM, room_id.as_bytes().to_vec(), serde_json::to_vec(&record).expect("serializes"));

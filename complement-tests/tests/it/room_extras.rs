@@ -46,6 +46,17 @@ async fn redaction_removes_content_and_needs_power() {
     let (_, event) = s.get(&format!("{V3}/rooms/{room}/event/{mine}"), Some(&a.access_token)).await;
     assert_eq!(event["content"], json!({}), "{event}");
     assert_eq!(event["unsigned"]["redacted_because"]["content"]["reason"], "oops");
+    // A redaction sent through /send is checked the same way.
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{room}/send/m.room.redaction/sneaky"),
+            Some(&b.access_token),
+            json!({ "redacts": admins }),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (_, still) = s.get(&format!("{V3}/rooms/{room}/event/{admins}"), Some(&b.access_token)).await;
+    assert_eq!(still["content"]["body"], "admin text");
     // The creator (room version 12) may redact anything.
     let (status, _) = s.put(&format!("{V3}/rooms/{room}/redact/{admins}/r3"), Some(&a.access_token), json!({})).await;
     assert_eq!(status, 200);

@@ -132,6 +132,14 @@ async fn limited_timeline_and_lazy_loaded_members() {
         page["chunk"].as_array().unwrap().iter().map(|e| e["content"]["body"].as_str().unwrap_or("")).collect();
     assert_eq!(older, vec!["m9", "m8", "m7"]);
 
+    // /sync's next_batch is a valid /messages token: paging back from it starts at the newest event.
+    let next = resp["next_batch"].as_str().unwrap();
+    let (_, newest) =
+        s.get(&format!("{V3}/rooms/{room}/messages?dir=b&limit=1&from={next}"), Some(&b.access_token)).await;
+    assert_eq!(newest["chunk"][0]["content"]["body"], "m14", "{newest}");
+    let (_, after) = s.get(&format!("{V3}/rooms/{room}/messages?dir=f&from={next}"), Some(&b.access_token)).await;
+    assert_eq!(after["chunk"], json!([]), "nothing after the sync position: {after}");
+
     // An initial sync with lazy loading carries only the members that matter.
     let initial = sync(&s, &b, &format!("filter={}", encode(&filter))).await;
     let state = initial["rooms"]["join"][&room]["state"]["events"].as_array().unwrap();

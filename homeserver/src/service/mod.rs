@@ -35,6 +35,9 @@ pub struct Services {
     pub rooms: rooms::Service,
     pub locks: Arc<locks::UserLocks>,
     pub typing: receipts::Typing,
+    /// Unread counts already computed, per room and user.
+    pub unread_memo:
+        std::sync::Mutex<std::collections::HashMap<(ruma::OwnedRoomId, ruma::OwnedUserId), pushrules::UnreadMemo>>,
 }
 
 impl Services {
@@ -49,6 +52,7 @@ impl Services {
             lockout: lockout::Service::new(config.clone(), db.clone(), locks.clone()),
             locks,
             typing: receipts::Typing::new(),
+            unread_memo: Default::default(),
             uiaa: uiaa::Service::new(),
             ratelimit: ratelimit::Service::new(config.rate_limits.clone()),
             rooms: rooms::Service::new(config.clone(), db.clone(), server_keys.clone())?,

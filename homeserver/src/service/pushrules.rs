@@ -14,6 +14,15 @@ use crate::{
     storage::{codec, trees},
 };
 
+/// Remembered unread counts of one user in one room.
+#[derive(Debug, Clone, Copy)]
+pub struct UnreadMemo {
+    read: u64,
+    upto: u64,
+    notify: u64,
+    highlight: u64,
+}
+
 impl Services {
     /// The user's rule set: their stored one, or the server defaults.
     pub fn push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
@@ -25,7 +34,10 @@ impl Services {
 
     pub async fn set_push_rules(&self, user_id: &UserId, rules: &Ruleset) -> Result<()> {
         let content = json!({ "global": rules });
-        self.set_account_data(user_id, None, "m.push_rules", content).await
+        self.set_account_data(user_id, None, "m.push_rules", content).await?;
+        // Counts made under the old rules are stale.
+        self.unread_memo.lock().unwrap_or_else(|e| e.into_inner()).retain(|(_, u), _| u != user_id);
+        Ok(())
     }
 
     /// The stream position of the user's latest read receipt in a room (0 if none).
@@ -47,9 +59,33 @@ impl Services {
     }
 
     /// `(notification_count, highlight_count)` for events after the user's read receipt.
+    ///
+    /// Counts are remembered per room and user, so a later call only
+    /// evaluates the events that arrived since (until the receipt moves).
     pub async fn unread_counts(&self, room_id: &RoomId, user_id: &UserId, upto: u64) -> Result<(u64, u64)> {
+        // Nothing before the user's join counts.
+        let joined =
+            self.rooms.membership(user_id, room_id)?.filter(|m| m.membership == "join").map_or(0, |m| m.stream);
+        let read = self.read_position(room_id, user_id)?.max(joined);
+        let key = (room_id.to_owned(), user_id.to_owned());
+        let memo = self.unread_memo.lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+        let (from, base) = match memo {
+            Some(m) if m.read == read && m.upto <= upto => (m.upto + 1, (m.notify, m.highlight)),
+            _ => (read + 1, (0, 0)),
+        };
+        let (notify, highlight) = self.count_notifying(room_id, user_id, from, upto).await?;
+        let counts = (base.0 + notify, base.1 + highlight);
+        let memo = UnreadMemo { read, upto, notify: counts.0, highlight: counts.1 };
+        let mut cache = self.unread_memo.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(key, memo);
+        Ok(counts)
+    }
+
+    async fn count_notifying(&self, room_id: &RoomId, user_id: &UserId, from: u64, upto: u64) -> Result<(u64, u64)> {
         const MAX_COUNTED: usize = 500;
-        let from = self.read_position(room_id, user_id)? + 1;
         let events = self.rooms.timeline(room_id, from, upto + 1, true, MAX_COUNTED)?;
         if events.is_empty() {
             return Ok((0, 0));
@@ -66,7 +102,7 @@ impl Services {
         );
         let (mut notify, mut highlight) = (0, 0);
         for (_, pdu) in events {
-            if pdu.sender == user_id {
+            if pdu.sender == user_id || !self.rooms.can_see(user_id, &pdu.event_id)? {
                 continue;
             }
             let raw = pdu.to_client_event(room_id);

@@ -1,7 +1,8 @@
 //! `/sync`: everything a client must see, read from the event stream.
 //!
-//! A sync token is `s<stream position>`: the durable position the response
-//! covers. Positions are persisted, so tokens stay valid across restarts.
+//! A sync token is `s<P>_t<T>`: `P` is the first stream position not yet
+//! delivered (so `/messages` can page back from it), `T` the typing counter.
+//! Positions are persisted, so tokens stay valid across restarts.
 //! Long polling waits on the rooms service's position watch: no polling loop.
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
@@ -98,7 +99,7 @@ impl Services {
                 && response.rooms.invite.is_empty()
                 && response.rooms.leave.is_empty()
                 && response.account_data.events.is_empty();
-            if req.since.is_none() || req.full_state || !empty || req.since.is_some_and(|s| s.pos > now.pos) {
+            if req.since.is_none() || req.full_state || !empty || req.since.is_some_and(|s| s.pos > now.pos + 1) {
                 return Ok(response);
             }
             // Nothing new: sleep until a stream moves or the timeout passes.
@@ -117,10 +118,11 @@ impl Services {
 
     async fn sync_once(&self, user_id: &UserId, req: &SyncRequest, now: StreamToken) -> Result<sync::Response> {
         let position = now.pos;
-        let since = req.since.map(|s| s.pos.min(position));
+        // Tokens name the first undelivered position; deliver what lies after `since`.
+        let since = req.since.map(|s| s.pos.saturating_sub(1).min(position));
         // A typing position from before a restart is meaningless: treat it as none.
         let since_typing = req.since.map(|s| if s.typing > now.typing { 0 } else { s.typing });
-        let mut response = sync::Response::new(now.to_string());
+        let mut response = sync::Response::new(StreamToken { pos: position + 1, typing: now.typing }.to_string());
         for (room, kind, content) in self.account_data_since(user_id, since, position)? {
             if room.is_none() {
                 response.account_data.events.push(account_data_event(&kind, content).cast_unchecked());
@@ -251,7 +253,10 @@ impl Services {
         let mut state_events = Vec::new();
         let in_timeline: BTreeSet<_> = events.iter().map(|(_, p)| p.event_id.clone()).collect();
         for ((kind, key), id) in target.iter() {
-            if baseline.as_ref().is_some_and(|b| b.get(&(kind.clone(), key.clone())) == Some(id)) {
+            // With lazy loading, the members of the timeline's senders are always sent:
+            // the client may never have received them.
+            let needed_member = lazy && kind == "m.room.member" && senders.iter().any(|s| s.as_str() == key);
+            if !needed_member && baseline.as_ref().is_some_and(|b| b.get(&(kind.clone(), key.clone())) == Some(id)) {
                 continue;
             }
             if !req.use_state_after && in_timeline.contains(id) {

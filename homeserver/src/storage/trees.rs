@@ -66,7 +66,8 @@ pub const ROOMID_PUBLISHED: &str = "roomid_published";
 /// All trees, in the order they are opened.
 pub const ALL: &[TreeDef] = &[
     TreeDef {
-        name: GLOBAL, layout: "name → value: schema_version (u64 BE), signing_key (PKCS#8 DER), signing_key_id"
+        name: GLOBAL,
+        layout: "name → value: schema_version, stream_position, state_group_counter (u64 BE), signing_key (PKCS#8 DER), signing_key_id",
     },
     TreeDef { name: USERID_ACCOUNT, layout: "user_id → {password_hash, admin, deactivated, created_ts}" },
     TreeDef { name: USERID_PROFILE, layout: "user_id → {displayname?, avatar_url?}" },

@@ -48,8 +48,8 @@ pub async fn redact_event_route(
     let mut event = NewEvent::message("m.room.redaction", content);
     event.redacts = Some(req.event_id.clone());
     event.txn = Some(key);
+    // The append checks the redaction right and redacts the target in the same write.
     let redaction = s.rooms.append(Some(&req.room_id), &room.version, &sender, event).await?;
-    s.rooms.apply_redaction(&target, &redaction).await?;
     Ok(redact_event::v3::Response::new(redaction.event_id))
 }
 
@@ -141,7 +141,13 @@ pub async fn forget_room_route(
     match s.rooms.membership(user, &body.body.room_id)?.map(|m| m.membership).as_deref() {
         None => return Err(err!(NotFound, "You have no membership in this room")),
         Some("leave" | "ban") => {}
-        Some(_) => return Err(err!(BadJson, "Leave the room before forgetting it")),
+        Some(_) => {
+            return Err(crate::error::Error::with_status(
+                crate::error::ErrorKind::Unknown,
+                http::StatusCode::BAD_REQUEST,
+                "Leave the room before forgetting it",
+            ));
+        }
     }
     s.rooms.forget(user, &body.body.room_id).await?;
     Ok(forget_room::v3::Response::new())

@@ -131,7 +131,16 @@ impl Service {
         let global = db.tree(trees::GLOBAL)?;
         let read = |key: &[u8]| -> Result<u64> { Ok(global.get(key)?.and_then(|b| codec::u64_from(&b)).unwrap_or(0)) };
         let stream = read(STREAM_KEY)?;
-        let groups = read(GROUP_KEY)?;
+        // Groups are numbered before their batch is applied, so batches of two
+        // rooms can land out of order: trust the highest group on disk too.
+        let highest_written = db
+            .tree(trees::STATEGROUP_DELTA)?
+            .range(&[], None, true)
+            .next()
+            .transpose()?
+            .and_then(|(k, _)| codec::u64_from(&k))
+            .unwrap_or(0);
+        let groups = read(GROUP_KEY)?.max(highest_written);
         Ok(Self {
             config,
             state: StateStore::new(db.clone()),
@@ -480,6 +489,21 @@ impl Service {
 
         // Store: the event, its place in the timeline, the new state and the room record.
         let mut batch = pre_batch;
+        // A redaction replaces its target by the redacted form in the same write.
+        if event.kind == TimelineEventType::RoomRedaction
+            && let Some(target) =
+                event.redacts.as_ref().and_then(|t| self.pdu(t).ok().flatten()).filter(|t| t.room == room_id)
+        {
+            if !self.may_redact(&room_id, sender, &target)? {
+                return Err(err!(Forbidden, "You may not redact this event"));
+            }
+            let redacted = self.redacted_json(&target, &event, &rules)?;
+            batch.insert(
+                trees::EVENTID_PDU,
+                target.event_id.as_bytes().to_vec(),
+                serde_json::to_vec(&redacted).expect("serializes"),
+            );
+        }
         let state_after = if let Some(key) = &new.state_key {
             let group = self.group_counter.fetch_add(1, Ordering::SeqCst) + 1;
             self.state.write_group(
@@ -602,11 +626,14 @@ impl Service {
         Ok(level(sender) >= needed)
     }
 
-    /// Replaces a stored event by its redacted form (the room version's
-    /// redaction algorithm); the original content is gone afterwards.
-    pub async fn apply_redaction(&self, target: &Pdu, redaction: &Pdu) -> Result<()> {
-        let room = self.room(&target.room)?.ok_or_else(|| err!(NotFound, "Unknown room"))?;
-        let rules = pdu::rules_for(&room.version)?;
+    /// The redacted form of `target` (the room version's redaction algorithm),
+    /// carrying the redaction in `unsigned.redacted_because`.
+    fn redacted_json(
+        &self,
+        target: &Pdu,
+        redaction: &Pdu,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> Result<CanonicalJsonObject> {
         let mut redacted = ruma::canonical_json::redact(target.json.clone(), &rules.redaction, None)
             .map_err(|e| Error::internal(format!("redaction failed: {e}")))?;
         let because = serde_json::to_value(redaction.to_client_event(&target.room)).map_err(Error::internal)?;
@@ -614,14 +641,7 @@ impl Service {
         let mut unsigned = CanonicalJsonObject::new();
         unsigned.insert("redacted_because".into(), because);
         redacted.insert("unsigned".into(), CanonicalJsonValue::Object(unsigned));
-        let mut batch = Batch::new();
-        batch.insert(
-            trees::EVENTID_PDU,
-            target.event_id.as_bytes().to_vec(),
-            serde_json::to_vec(&redacted).expect("serializes"),
-        );
-        self.db.commit(batch).await?;
-        Ok(())
+        Ok(redacted)
     }
 
     /// The event closest to `ts` in the given direction.

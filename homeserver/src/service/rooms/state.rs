@@ -29,12 +29,12 @@ struct Delta {
 /// Reads and writes state groups.
 pub struct StateStore {
     db: Db,
-    cache: std::sync::Mutex<lru_lite::Cache>,
+    cache: std::sync::Mutex<bounded::Cache>,
 }
 
 impl StateStore {
     pub fn new(db: Db) -> Self {
-        Self { db, cache: std::sync::Mutex::new(lru_lite::Cache::new(512)) }
+        Self { db, cache: std::sync::Mutex::new(bounded::Cache::new(512)) }
     }
 
     fn delta(&self, group: u64) -> Result<Delta> {
@@ -106,8 +106,8 @@ impl StateStore {
     }
 }
 
-/// A small bounded cache: evicts the oldest entry when full.
-mod lru_lite {
+/// A small bounded cache: evicts the entry inserted first when full.
+mod bounded {
     use std::{
         collections::{HashMap, VecDeque},
         sync::Arc,

@@ -32,3 +32,59 @@ mod tests {
         assert_eq!(a.len(), 4 + 43);
     }
 }
+
+/// A small bounded map: when full, the entry inserted first is evicted.
+pub struct BoundedCache<K, V> {
+    capacity: usize,
+    map: std::collections::HashMap<K, V>,
+    order: std::collections::VecDeque<K>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> BoundedCache<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, map: Default::default(), order: Default::default() }
+    }
+
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.map.get(key).cloned()
+    }
+
+    pub fn put(&mut self, key: K, value: V) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub fn remove<Q>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        // The key stays in the order queue; evicting it later is harmless.
+        self.map.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    #[test]
+    fn evicts_the_oldest_entry() {
+        let mut c = super::BoundedCache::new(2);
+        c.put(1, "a");
+        c.put(2, "b");
+        c.put(3, "c");
+        assert_eq!(c.get(&1), None);
+        assert_eq!(c.get(&3), Some("c"));
+        c.remove(&3);
+        assert_eq!(c.get(&3), None);
+    }
+}

@@ -123,9 +123,12 @@ impl Services {
         // A typing position from before a restart is meaningless: treat it as none.
         let since_typing = req.since.map(|s| if s.typing > now.typing { 0 } else { s.typing });
         let mut response = sync::Response::new(StreamToken { pos: position + 1, typing: now.typing }.to_string());
+        // Account data is read once and split into global and per-room parts.
+        let mut room_data: std::collections::HashMap<String, Vec<(String, serde_json::Value)>> = Default::default();
         for (room, kind, content) in self.account_data_since(user_id, since, position)? {
-            if room.is_none() {
-                response.account_data.events.push(account_data_event(&kind, content).cast_unchecked());
+            match room {
+                None => response.account_data.events.push(account_data_event(&kind, content).cast_unchecked()),
+                Some(r) => room_data.entry(r).or_default().push((kind, content)),
             }
         }
         let limit = req
@@ -147,10 +150,8 @@ impl Services {
                 "join" => {
                     let mut room = self.joined_room(user_id, &room_id, since, position, limit, lazy, req)?;
                     let mut extras = sync::JoinedRoom::new();
-                    for (room, kind, content) in self.account_data_since(user_id, since, position)? {
-                        if room.as_deref() == Some(room_id.as_str()) {
-                            extras.account_data.events.push(account_data_event(&kind, content).cast_unchecked());
-                        }
+                    for (kind, content) in room_data.remove(room_id.as_str()).unwrap_or_default() {
+                        extras.account_data.events.push(account_data_event(&kind, content).cast_unchecked());
                     }
                     if let Some(users) = self.typing.changed_since(&room_id, since_typing) {
                         let typing = serde_json::json!({ "type": "m.typing", "content": { "user_ids": users } });

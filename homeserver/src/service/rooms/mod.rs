@@ -124,6 +124,8 @@ pub struct Service {
     group_counter: AtomicU64,
     /// The highest stream position that is durable; readers never see past it.
     durable: tokio::sync::watch::Sender<u64>,
+    /// Recently read events, parsed.
+    pdu_cache: std::sync::Mutex<crate::util::BoundedCache<OwnedEventId, Arc<Pdu>>>,
 }
 
 impl Service {
@@ -150,6 +152,7 @@ impl Service {
             append_lock: tokio::sync::Mutex::new(stream),
             group_counter: AtomicU64::new(groups),
             durable: tokio::sync::watch::channel(stream).0,
+            pdu_cache: std::sync::Mutex::new(crate::util::BoundedCache::new(20_000)),
         })
     }
 
@@ -174,6 +177,15 @@ impl Service {
 
     /// An accepted event by ID.
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        if let Some(hit) = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).get(event_id) {
+            return Ok(Some((*hit).clone()));
+        }
+        let Some(pdu) = self.load_pdu(event_id)? else { return Ok(None) };
+        self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).put(event_id.to_owned(), Arc::new(pdu.clone()));
+        Ok(Some(pdu))
+    }
+
+    fn load_pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
         let Some(info) = self.event_info(event_id)? else { return Ok(None) };
         let tree = self.db.tree(trees::EVENTID_PDU)?;
         let Some(bytes) = tree.get(event_id.as_bytes())? else { return Ok(None) };
@@ -490,6 +502,7 @@ impl Service {
         // Store: the event, its place in the timeline, the new state and the room record.
         let mut batch = pre_batch;
         // A redaction replaces its target by the redacted form in the same write.
+        let mut redacted_target = None;
         if event.kind == TimelineEventType::RoomRedaction
             && let Some(target) =
                 event.redacts.as_ref().and_then(|t| self.pdu(t).ok().flatten()).filter(|t| t.room == room_id)
@@ -498,6 +511,9 @@ impl Service {
                 return Err(err!(Forbidden, "You may not redact this event"));
             }
             let redacted = self.redacted_json(&target, &event, &rules)?;
+            // Readers must not get the cached original once the redaction is written.
+            self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(target.event_id.as_ref() as &EventId);
+            redacted_target = Some(target.event_id.clone());
             batch.insert(
                 trees::EVENTID_PDU,
                 target.event_id.as_bytes().to_vec(),
@@ -586,6 +602,10 @@ impl Service {
             }
         })
         .await?;
+        if let Some(target) = redacted_target {
+            // Also drop anything cached between the first removal and the write.
+            self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(target.as_ref() as &EventId);
+        }
         Ok(event)
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     error::Result,
     storage::{Batch, Db, StorageError, codec, trees},
+    util::BoundedCache,
 };
 
 /// A room's state: `(event type, state key)` → event ID.
@@ -29,12 +30,12 @@ struct Delta {
 /// Reads and writes state groups.
 pub struct StateStore {
     db: Db,
-    cache: std::sync::Mutex<bounded::Cache>,
+    cache: std::sync::Mutex<BoundedCache<u64, Arc<StateMap>>>,
 }
 
 impl StateStore {
     pub fn new(db: Db) -> Self {
-        Self { db, cache: std::sync::Mutex::new(bounded::Cache::new(512)) }
+        Self { db, cache: std::sync::Mutex::new(BoundedCache::new(512)) }
     }
 
     fn delta(&self, group: u64) -> Result<Delta> {
@@ -49,7 +50,7 @@ impl StateStore {
 
     /// The full state of a group.
     pub fn load(&self, group: u64) -> Result<Arc<StateMap>> {
-        if let Some(hit) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(group) {
+        if let Some(hit) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&group) {
             return Ok(hit);
         }
         let mut chain = Vec::new();
@@ -103,43 +104,6 @@ impl StateStore {
         let full = Arc::new(full);
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(group, full.clone());
         Ok(full)
-    }
-}
-
-/// A small bounded cache: evicts the entry inserted first when full.
-mod bounded {
-    use std::{
-        collections::{HashMap, VecDeque},
-        sync::Arc,
-    };
-
-    use super::StateMap;
-
-    pub struct Cache {
-        capacity: usize,
-        map: HashMap<u64, Arc<StateMap>>,
-        order: VecDeque<u64>,
-    }
-
-    impl Cache {
-        pub fn new(capacity: usize) -> Self {
-            Self { capacity, map: HashMap::new(), order: VecDeque::new() }
-        }
-
-        pub fn get(&self, key: u64) -> Option<Arc<StateMap>> {
-            self.map.get(&key).cloned()
-        }
-
-        pub fn put(&mut self, key: u64, value: Arc<StateMap>) {
-            if self.map.insert(key, value).is_none() {
-                self.order.push_back(key);
-                while self.order.len() > self.capacity {
-                    if let Some(old) = self.order.pop_front() {
-                        self.map.remove(&old);
-                    }
-                }
-            }
-        }
     }
 }
 

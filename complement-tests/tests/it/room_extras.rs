@@ -165,3 +165,52 @@ async fn forget_and_knock() {
     let public = r["room_id"].as_str().unwrap();
     assert_eq!(s.post(&format!("{V3}/knock/{public}"), Some(&b.access_token), json!({})).await.0, 403);
 }
+
+#[tokio::test]
+async fn message_filters_members_at_and_knocks_in_sync() {
+    let s = Server::start().await;
+    let a = s.register("filterowner", "correct horse").await;
+    let b = s.register("filtermember", "correct horse").await;
+    let room = room_with(&s, &a, &b, json!({ "preset": "public_chat" })).await;
+    say(&s, &a, &room, "f1", "from a").await;
+    say(&s, &b, &room, "f2", "from b").await;
+    let (_, sync) = s.get(&format!("{V3}/sync"), Some(&a.access_token)).await;
+    let token = sync["next_batch"].as_str().unwrap().to_owned();
+    let filter = |f: Value| f.to_string().bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+
+    let only_b = filter(json!({ "senders": [b.user_id], "types": ["m.room.*"] }));
+    let (_, page) =
+        s.get(&format!("{V3}/rooms/{room}/messages?dir=b&limit=50&filter={only_b}"), Some(&a.access_token)).await;
+    let chunk = page["chunk"].as_array().unwrap();
+    assert!(!chunk.is_empty() && chunk.iter().all(|e| e["sender"] == b.user_id.as_str()), "{page}");
+    let no_messages = filter(json!({ "not_types": ["m.room.message"] }));
+    let (_, page) =
+        s.get(&format!("{V3}/rooms/{room}/messages?dir=b&limit=50&filter={no_messages}"), Some(&a.access_token)).await;
+    assert!(page["chunk"].as_array().unwrap().iter().all(|e| e["type"] != "m.room.message"));
+
+    // Membership as of a token: b was still joined then, though banned now.
+    assert_eq!(
+        s.post(&format!("{V3}/rooms/{room}/ban"), Some(&a.access_token), json!({ "user_id": b.user_id })).await.0,
+        200
+    );
+    let (_, now) = s.get(&format!("{V3}/rooms/{room}/members?membership=join"), Some(&a.access_token)).await;
+    assert_eq!(now["chunk"].as_array().unwrap().len(), 1);
+    let (_, then) =
+        s.get(&format!("{V3}/rooms/{room}/members?membership=join&at={token}"), Some(&a.access_token)).await;
+    assert_eq!(then["chunk"].as_array().unwrap().len(), 2, "{then}");
+
+    // A knock shows up in the knocker's sync.
+    let c = s.register("filterknocker", "correct horse").await;
+    let (_, r) = s
+        .post(
+            &format!("{V3}/createRoom"),
+            Some(&a.access_token),
+            json!({ "name": "Knock here", "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }] }),
+        )
+        .await;
+    let knockable = r["room_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.post(&format!("{V3}/knock/{knockable}"), Some(&c.access_token), json!({})).await.0, 200);
+    let (_, sync) = s.get(&format!("{V3}/sync"), Some(&c.access_token)).await;
+    let knock_state = sync["rooms"]["knock"][&knockable]["knock_state"]["events"].as_array().expect("knock section");
+    assert!(knock_state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knock here"));
+}

@@ -180,6 +180,11 @@ impl Services {
                         response.rooms.join.insert(room_id, room);
                     }
                 }
+                "knock" if changed_since => {
+                    let mut knocked = sync::KnockedRoom::new();
+                    knocked.knock_state.events = self.stripped_state(&room_id, user_id)?;
+                    response.rooms.knock.insert(room_id, knocked);
+                }
                 "invite" if changed_since => {
                     let mut invited = sync::InvitedRoom::new();
                     invited.invite_state.events = self.stripped_state(&room_id, user_id)?;
@@ -295,7 +300,7 @@ impl Services {
     }
 
     /// The room's state after the last event at or before `position`.
-    fn state_at(&self, room_id: &RoomId, position: u64) -> Result<Option<Arc<StateMap>>> {
+    pub fn state_at(&self, room_id: &RoomId, position: u64) -> Result<Option<Arc<StateMap>>> {
         let last = self.rooms.timeline(room_id, 0, position + 1, true, 1)?;
         match last.first() {
             Some((_, pdu)) => match self.rooms.event_info(&pdu.event_id)? {

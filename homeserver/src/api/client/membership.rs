@@ -189,7 +189,14 @@ pub async fn get_member_events_route(
 ) -> Result<get_member_events::v3::Response> {
     let user = body.user()?;
     let req = &body.body;
-    let state = s.rooms.readable_state(user, &req.room_id)?;
+    let mut state = s.rooms.readable_state(user, &req.room_id)?;
+    if let Some(at) = &req.at {
+        // The membership as of a sync or pagination token.
+        let boundary = crate::service::sync::StreamToken::parse(at)?.pos;
+        if let Some(then) = s.state_at(&req.room_id, boundary.saturating_sub(1))? {
+            state = then;
+        }
+    }
     let want = req.membership.as_ref().map(|m| m.to_string());
     let not = req.not_membership.as_ref().map(|m| m.to_string());
     let mut chunk = Vec::new();

@@ -51,7 +51,13 @@ pub async fn create_user(s: &Services, req: CreateUser) -> Result<OwnedUserId> {
     let id = local_user(s, &req.user)?;
     crate::service::users::validate_localpart(id.localpart(), &s.config.server_name)?;
     s.users.check_password_strength(&req.password)?;
-    s.users.create(&id, NewAccount { password: Some(req.password), admin: req.admin, ..Default::default() }).await?;
+    s.users
+        .create(
+            &id,
+            NewAccount { password: Some(req.password), admin: req.admin, ..Default::default() },
+            Default::default(),
+        )
+        .await?;
     tracing::info!(user = %id, admin = req.admin, "admin created a user");
     Ok(id)
 }

@@ -216,14 +216,29 @@ impl Service {
         with_refresh: bool,
         remote_ip: Option<String>,
     ) -> Result<Issued> {
-        let device_id = device_id.unwrap_or_else(generate_device_id);
         let _guard = self.locks.lock(user_id).await;
         let mut batch = Batch::new();
+        let issued = self.login_batch(user_id, device_id, display_name, with_refresh, remote_ip, &mut batch)?;
+        self.db.commit(batch).await?;
+        Ok(issued)
+    }
+
+    /// The writes of a login (the caller holds the user's lock, or is creating the user).
+    pub fn login_batch(
+        &self,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        with_refresh: bool,
+        remote_ip: Option<String>,
+        batch: &mut Batch,
+    ) -> Result<Issued> {
+        let device_id = device_id.unwrap_or_else(generate_device_id);
         let existing = self.device(user_id, &device_id)?;
         if let Some(old) = &existing {
-            self.remove_tokens(old, &mut batch);
+            self.remove_tokens(old, batch);
         }
-        let (issued, access_hash, refresh_hash) = self.new_tokens(user_id, &device_id, with_refresh, &mut batch);
+        let (issued, access_hash, refresh_hash) = self.new_tokens(user_id, &device_id, with_refresh, batch);
         let now = now_ms();
         let device = Device {
             display_name: display_name.or_else(|| existing.as_ref().and_then(|d| d.display_name.clone())),
@@ -234,7 +249,6 @@ impl Service {
             refresh_token_hash: refresh_hash,
         };
         batch.insert(trees::USERDEVICEID_DEVICE, device_key(user_id, &device_id), encode(&device));
-        self.db.commit(batch).await?;
         Ok(issued)
     }
 

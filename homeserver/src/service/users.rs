@@ -175,7 +175,9 @@ impl Service {
     }
 
     /// Creates an account atomically with its profile and e-mail address.
-    pub async fn create(&self, user_id: &UserId, new: NewAccount) -> Result<()> {
+    /// `extra` holds writes that belong to the creation (e.g. the first
+    /// device and its tokens); everything is made durable with one flush.
+    pub async fn create(&self, user_id: &UserId, new: NewAccount, extra: Batch) -> Result<()> {
         let password_hash = match new.password {
             Some(p) => Some(self.hash_password(p).await?),
             None => None,
@@ -196,6 +198,7 @@ impl Service {
                 ThreePid { medium: "email".into(), address: email.to_lowercase(), added_at: now, validated_at: None };
             batch.insert(trees::USERIDTHREEPID_INFO, threepid_key(user_id, &pid.medium, &pid.address), encode(&pid));
         }
+        batch.ops.extend(extra.ops);
         self.db.commit(batch).await?;
         Ok(())
     }

@@ -88,7 +88,7 @@ fn type_matches(pattern: &str, kind: &str) -> bool {
         Some((prefix, rest)) => {
             kind.starts_with(prefix)
                 && (rest.is_empty()
-                    || (0..=kind.len() - prefix.len()).any(|i| type_matches(rest, &kind[prefix.len() + i..])))
+                    || (prefix.len()..=kind.len()).any(|i| kind.get(i..).is_some_and(|tail| type_matches(rest, tail))))
         }
     }
 }

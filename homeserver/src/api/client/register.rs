@@ -18,6 +18,7 @@ use crate::{
         uiaa::{self, StageResult},
         users::NewAccount,
     },
+    storage::Batch,
     util::random_string,
 };
 
@@ -100,23 +101,27 @@ pub async fn register_route(s: Arc<Services>, body: Ruma<register::v3::Request>)
         return Err(err!(MissingParam, "A password is required"));
     };
     s.users.check_password_strength(&password)?;
-    s.users.create(&user_id, NewAccount { password: Some(password), admin: false, displayname, email }).await?;
-    tracing::info!(user = %user_id, "registered a new user");
-
-    let mut response = register::v3::Response::new(user_id.clone());
-    if req.inhibit_login {
-        return Ok(response);
-    }
-    let issued = s
-        .sessions
-        .login(
+    // The account and its first device are written together, with one flush.
+    let mut first_device = Batch::new();
+    let issued = if req.inhibit_login {
+        None
+    } else {
+        Some(s.sessions.login_batch(
             &user_id,
             req.device_id.clone(),
             req.initial_device_display_name.clone(),
             req.refresh_token,
             Some(body.remote_str()),
-        )
+            &mut first_device,
+        )?)
+    };
+    s.users
+        .create(&user_id, NewAccount { password: Some(password), admin: false, displayname, email }, first_device)
         .await?;
+    tracing::info!(user = %user_id, "registered a new user");
+
+    let mut response = register::v3::Response::new(user_id.clone());
+    let Some(issued) = issued else { return Ok(response) };
     response.access_token = Some(issued.access_token);
     response.device_id = Some(issued.device_id);
     response.refresh_token = issued.refresh_token;

@@ -152,7 +152,7 @@ impl Service {
             append_lock: tokio::sync::Mutex::new(stream),
             group_counter: AtomicU64::new(groups),
             durable: tokio::sync::watch::channel(stream).0,
-            pdu_cache: std::sync::Mutex::new(crate::util::BoundedCache::new(20_000)),
+            pdu_cache: std::sync::Mutex::new(crate::util::BoundedCache::new(8_192)),
         })
     }
 
@@ -177,11 +177,17 @@ impl Service {
 
     /// An accepted event by ID.
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        Ok(self.pdu_arc(event_id)?.map(|p| (*p).clone()))
+    }
+
+    /// An accepted event by ID, shared with the event cache (no copy).
+    pub fn pdu_arc(&self, event_id: &EventId) -> Result<Option<Arc<Pdu>>> {
         if let Some(hit) = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).get(event_id) {
-            return Ok(Some((*hit).clone()));
+            return Ok(Some(hit));
         }
         let Some(pdu) = self.load_pdu(event_id)? else { return Ok(None) };
-        self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).put(event_id.to_owned(), Arc::new(pdu.clone()));
+        let pdu = Arc::new(pdu);
+        self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).put(event_id.to_owned(), pdu.clone());
         Ok(Some(pdu))
     }
 
@@ -486,14 +492,15 @@ impl Service {
         let event = Pdu::from_json(event_id.clone(), object.clone(), &room_id)?;
 
         // Authorize against the auth events and the current state.
-        let fetch_event = |id: &EventId| -> Option<Pdu> {
-            if *id == *event_id { Some(event.clone()) } else { self.pdu(id).ok().flatten() }
+        let this_event = Arc::new(event.clone());
+        let fetch_event = |id: &EventId| -> Option<Arc<Pdu>> {
+            if *id == *event_id { Some(this_event.clone()) } else { self.pdu_arc(id).ok().flatten() }
         };
         state_res::check_state_independent_auth_rules(&rules.authorization, &event, fetch_event)
             .map_err(|e| err!(Forbidden, "Event is not allowed: {e}"))?;
         if let Some(state) = &state_before {
-            let fetch_state = |kind: &StateEventType, key: &str| -> Option<Pdu> {
-                state.get(&(kind.to_string(), key.to_owned())).and_then(|id| self.pdu(id).ok().flatten())
+            let fetch_state = |kind: &StateEventType, key: &str| -> Option<Arc<Pdu>> {
+                state.get(&(kind.to_string(), key.to_owned())).and_then(|id| self.pdu_arc(id).ok().flatten())
             };
             state_res::check_state_dependent_auth_rules(&rules.authorization, &event, fetch_state)
                 .map_err(|e| err!(Forbidden, "Event is not allowed: {e}"))?;

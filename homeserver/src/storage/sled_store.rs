@@ -64,11 +64,17 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (creating if needed) the database in `path`, with every declared tree.
     pub fn open(path: &Path) -> StorageResult<Self> {
-        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open().map_err(|e| match &e {
-            // sled reports a held file lock as an I/O error with this message.
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => StorageError::Locked,
-            _ => backend(e),
-        })?;
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            // sled caches up to 1 GiB by default; a smaller page cache keeps memory use modest.
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+            .map_err(|e| match &e {
+                // sled reports a held file lock as an I/O error with this message.
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => StorageError::Locked,
+                _ => backend(e),
+            })?;
         let mut trees = HashMap::new();
         for t in trees::ALL {
             trees.insert(t.name, db.open_tree(t.name).map_err(backend)?);

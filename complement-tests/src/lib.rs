@@ -290,6 +290,23 @@ impl Server {
         .await
     }
 
+    /// Creates a room; panics unless the server answers 200.
+    pub async fn create_room(&self, who: &Account, body: Value) -> String {
+        let (status, resp) = self.post("/_matrix/client/v3/createRoom", Some(&who.access_token), body).await;
+        assert_eq!(status, 200, "createRoom: {resp}");
+        resp["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    /// Sends an `m.text` message with the given transaction ID.
+    pub async fn send_text(&self, who: &Account, room: &str, txn: &str, body: &str) -> (u16, Value) {
+        self.put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+            Some(&who.access_token),
+            json!({ "msgtype": "m.text", "body": body }),
+        )
+        .await
+    }
+
     /// Password login asking for a refresh token.
     pub async fn login_refreshing(&self, user: &str, password: &str) -> (u16, Value) {
         self.post(

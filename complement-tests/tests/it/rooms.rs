@@ -8,18 +8,11 @@ use serde_json::{Value, json};
 const V3: &str = "/_matrix/client/v3";
 
 async fn create(s: &Server, who: &Account, body: Value) -> String {
-    let (status, resp) = s.post(&format!("{V3}/createRoom"), Some(&who.access_token), body).await;
-    assert_eq!(status, 200, "createRoom: {resp}");
-    resp["room_id"].as_str().unwrap().to_owned()
+    s.create_room(who, body).await
 }
 
 async fn send(s: &Server, who: &Account, room: &str, txn: &str, body: &str) -> (u16, Value) {
-    s.put(
-        &format!("{V3}/rooms/{room}/send/m.room.message/{txn}"),
-        Some(&who.access_token),
-        json!({ "msgtype": "m.text", "body": body }),
-    )
-    .await
+    s.send_text(who, room, txn, body).await
 }
 
 async fn messages(s: &Server, who: &Account, room: &str, query: &str) -> (u16, Value) {

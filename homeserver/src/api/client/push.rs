@@ -10,6 +10,18 @@ use ruma::{
 
 use crate::{api::Ruma, err, error::Result, service::Services};
 
+/// Loads the user's rules, applies `edit` and stores the result, one edit at a time per user.
+async fn edit_rules(
+    s: &Services,
+    user: &ruma::UserId,
+    edit: impl FnOnce(&mut ruma::push::Ruleset) -> Result<()>,
+) -> Result<()> {
+    let _guard = s.locks.lock(format!("pushrules:{user}")).await;
+    let mut rules = s.push_rules(user)?;
+    edit(&mut rules)?;
+    s.set_push_rules(user, &rules).await
+}
+
 /// `GET /_matrix/client/v3/pushrules/`
 pub async fn get_pushrules_all_route(
     s: Arc<Services>,
@@ -44,15 +56,14 @@ pub async fn set_pushrule_route(
     s: Arc<Services>,
     body: Ruma<set_pushrule::v3::Request>,
 ) -> Result<set_pushrule::v3::Response> {
-    let user = body.user()?;
-    let _guard = s.locks.lock(format!("pushrules:{user}")).await;
-    let mut rules = s.push_rules(user)?;
     let req = &body.body;
-    rules.insert(req.rule.clone(), req.after.as_deref(), req.before.as_deref()).map_err(|e| match e {
-        InsertPushRuleError::UnknownRuleId => err!(NotFound, "The before or after rule does not exist"),
-        other => err!(InvalidParam, "Invalid push rule: {other}"),
-    })?;
-    s.set_push_rules(user, &rules).await?;
+    edit_rules(&s, body.user()?, |rules| {
+        rules.insert(req.rule.clone(), req.after.as_deref(), req.before.as_deref()).map_err(|e| match e {
+            InsertPushRuleError::UnknownRuleId => err!(NotFound, "The before or after rule does not exist"),
+            other => err!(InvalidParam, "Invalid push rule: {other}"),
+        })
+    })
+    .await?;
     Ok(set_pushrule::v3::Response::new())
 }
 
@@ -61,14 +72,13 @@ pub async fn delete_pushrule_route(
     s: Arc<Services>,
     body: Ruma<delete_pushrule::v3::Request>,
 ) -> Result<delete_pushrule::v3::Response> {
-    let user = body.user()?;
-    let _guard = s.locks.lock(format!("pushrules:{user}")).await;
-    let mut rules = s.push_rules(user)?;
-    rules.remove(body.body.kind.clone(), &body.body.rule_id).map_err(|e| match e {
-        RemovePushRuleError::NotFound => err!(NotFound, "No such push rule"),
-        other => err!(InvalidParam, "Cannot remove this push rule: {other}"),
-    })?;
-    s.set_push_rules(user, &rules).await?;
+    edit_rules(&s, body.user()?, |rules| {
+        rules.remove(body.body.kind.clone(), &body.body.rule_id).map_err(|e| match e {
+            RemovePushRuleError::NotFound => err!(NotFound, "No such push rule"),
+            other => err!(InvalidParam, "Cannot remove this push rule: {other}"),
+        })
+    })
+    .await?;
     Ok(delete_pushrule::v3::Response::new())
 }
 
@@ -88,13 +98,12 @@ pub async fn set_pushrule_enabled_route(
     s: Arc<Services>,
     body: Ruma<set_pushrule_enabled::v3::Request>,
 ) -> Result<set_pushrule_enabled::v3::Response> {
-    let user = body.user()?;
-    let _guard = s.locks.lock(format!("pushrules:{user}")).await;
-    let mut rules = s.push_rules(user)?;
-    rules
-        .set_enabled(body.body.kind.clone(), &body.body.rule_id, body.body.enabled)
-        .map_err(|_| err!(NotFound, "No such push rule"))?;
-    s.set_push_rules(user, &rules).await?;
+    edit_rules(&s, body.user()?, |rules| {
+        rules
+            .set_enabled(body.body.kind.clone(), &body.body.rule_id, body.body.enabled)
+            .map_err(|_| err!(NotFound, "No such push rule"))
+    })
+    .await?;
     Ok(set_pushrule_enabled::v3::Response::new())
 }
 
@@ -114,12 +123,11 @@ pub async fn set_pushrule_actions_route(
     s: Arc<Services>,
     body: Ruma<set_pushrule_actions::v3::Request>,
 ) -> Result<set_pushrule_actions::v3::Response> {
-    let user = body.user()?;
-    let _guard = s.locks.lock(format!("pushrules:{user}")).await;
-    let mut rules = s.push_rules(user)?;
-    rules
-        .set_actions(body.body.kind.clone(), &body.body.rule_id, body.body.actions.clone())
-        .map_err(|_| err!(NotFound, "No such push rule"))?;
-    s.set_push_rules(user, &rules).await?;
+    edit_rules(&s, body.user()?, |rules| {
+        rules
+            .set_actions(body.body.kind.clone(), &body.body.rule_id, body.body.actions.clone())
+            .map_err(|_| err!(NotFound, "No such push rule"))
+    })
+    .await?;
     Ok(set_pushrule_actions::v3::Response::new())
 }

@@ -72,8 +72,16 @@ async fn older_room_versions_and_unsupported_ones() {
     let (status, body) =
         s.post(&format!("{V3}/createRoom"), Some(&a.access_token), json!({ "room_version": "1" })).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")));
+    let (status, body) = s
+        .post(
+            &format!("{V3}/createRoom"),
+            Some(&a.access_token),
+            json!({ "initial_state": [{ "type": "m.room.power_levels", "state_key": "", "content": {} }] }),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")));
     let (_, joined) = s.get(&format!("{V3}/joined_rooms"), Some(&a.access_token)).await;
-    assert_eq!(joined["joined_rooms"].as_array().unwrap().len(), 2, "nothing created for the refused request");
+    assert_eq!(joined["joined_rooms"].as_array().unwrap().len(), 2, "nothing created for the refused requests");
 }
 
 #[tokio::test]

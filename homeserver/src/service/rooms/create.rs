@@ -37,6 +37,14 @@ impl Service {
     pub async fn create_room(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
         let rules = pdu::rules_for(&req.version)?;
         let auth = &rules.authorization;
+        // Refuse what cannot succeed before anything is written.
+        if let Some((kind, _, _)) = req
+            .initial_state
+            .iter()
+            .find(|(k, _, _)| matches!(k.as_str(), "m.room.create" | "m.room.member" | "m.room.power_levels"))
+        {
+            return Err(err!(BadJson, "initial_state must not contain {kind} events"));
+        }
 
         // 1. m.room.create
         let mut create = req.creation_content.clone().unwrap_or_default();
@@ -124,9 +132,6 @@ impl Service {
             ("m.room.guest_access".to_owned(), String::new(), json!({ "guest_access": guest })),
         ];
         for (kind, key, content) in &req.initial_state {
-            if matches!(kind.as_str(), "m.room.create" | "m.room.member" | "m.room.power_levels") {
-                return Err(err!(BadJson, "initial_state must not contain {kind} events"));
-            }
             events.retain(|(k, s, _)| !(k == kind && s == key));
             events.push((kind.clone(), key.clone(), content.clone()));
         }

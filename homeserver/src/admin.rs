@@ -16,6 +16,7 @@ pub mod paths {
     pub const PASSWORD: &str = "/_hearth/admin/v1/users/{user_id}/password";
     pub const DEACTIVATE: &str = "/_hearth/admin/v1/users/{user_id}/deactivate";
     pub const STATS: &str = "/_hearth/admin/v1/stats";
+    pub const COMPROMISED: &str = "/_hearth/admin/v1/users/{user_id}/devices/{device_id}/compromised";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,4 +95,10 @@ pub async fn deactivate(s: &Services, user: &str) -> Result<()> {
         return Ok(());
     }
     s.deactivate_account(&id).await
+}
+
+/// Declares a device's identity keys compromised: returns the keys now refused.
+pub async fn compromise_device(s: &Services, user: &str, device: &str) -> Result<Vec<String>> {
+    let id = local_user(s, user)?;
+    s.compromise_device(&id, device.into()).await
 }

@@ -33,6 +33,8 @@ pub enum ErrorKind {
     Unauthorized,
     UnsupportedRoomVersion,
     RoomInUse,
+    WrongRoomKeysVersion,
+    InvalidSignature,
 }
 
 impl ErrorKind {
@@ -58,12 +60,14 @@ impl ErrorKind {
             Self::Unauthorized => "M_UNAUTHORIZED",
             Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
             Self::RoomInUse => "M_ROOM_IN_USE",
+            Self::WrongRoomKeysVersion => "M_WRONG_ROOM_KEYS_VERSION",
+            Self::InvalidSignature => "M_INVALID_SIGNATURE",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            Self::Forbidden | Self::UserDeactivated => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::UserDeactivated | Self::WrongRoomKeysVersion => StatusCode::FORBIDDEN,
             Self::UnknownToken { .. } | Self::MissingToken | Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound | Self::Unrecognized => StatusCode::NOT_FOUND,
             Self::LimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -83,6 +87,10 @@ pub enum Error {
     /// User-interactive authentication must continue: a 401 with the flows.
     #[error("user-interactive authentication required")]
     Uiaa(Box<Value>),
+    /// A key-backup write to a version that is not the current one
+    /// (403 `M_WRONG_ROOM_KEYS_VERSION` with `current_version`).
+    #[error("M_WRONG_ROOM_KEYS_VERSION")]
+    WrongRoomKeysVersion { current_version: Option<String> },
     /// A storage failure: logged, never shown to the client.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -109,6 +117,7 @@ impl Error {
         match self {
             Self::Request { kind, .. } => *kind,
             Self::Uiaa(_) => ErrorKind::Unauthorized,
+            Self::WrongRoomKeysVersion { .. } => ErrorKind::WrongRoomKeysVersion,
             Self::Storage(_) | Self::Internal(_) => ErrorKind::Unknown,
         }
     }
@@ -132,6 +141,14 @@ impl Error {
                 (status.unwrap_or(kind.status()), Value::Object(body))
             }
             Self::Uiaa(body) => (StatusCode::UNAUTHORIZED, (**body).clone()),
+            Self::WrongRoomKeysVersion { current_version } => (
+                StatusCode::FORBIDDEN,
+                json!({
+                    "errcode": "M_WRONG_ROOM_KEYS_VERSION",
+                    "error": "This backup version is not the current one",
+                    "current_version": current_version,
+                }),
+            ),
             Self::Storage(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, json!({ "errcode": "M_UNKNOWN", "error": "Internal server error" }))
             }

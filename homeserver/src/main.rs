@@ -48,6 +48,10 @@ enum AdminCommand {
     ResetPassword { user: String },
     /// Deactivate a user: log out every device and block logins.
     Deactivate { user: String },
+    /// Declare a device's identity keys compromised: the device is logged out,
+    /// its keys are withdrawn and announced as changed, and they are refused
+    /// if any device uploads them again.
+    CompromiseDevice { user: String, device: String },
 }
 
 fn init_logging(filter: &str) {
@@ -160,6 +164,20 @@ async fn run_admin(config: Arc<Config>, command: AdminCommand) -> anyhow::Result
         (Some(s), AdminCommand::Deactivate { user }) => {
             admin::deactivate(s, &user).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("deactivated {user}");
+            users = None;
+        }
+        (Some(s), AdminCommand::CompromiseDevice { user, device }) => {
+            let keys = admin::compromise_device(s, &user, &device).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("device {device} of {user} compromised; {} keys refused from now on", keys.len());
+            users = None;
+        }
+        (None, AdminCommand::CompromiseDevice { user, device }) => {
+            let path = admin::paths::COMPROMISED
+                .replace("{user_id}", &encode_user(&user))
+                .replace("{device_id}", &encode_user(&device));
+            let v = remote(&config, reqwest::Method::POST, &path, None).await?;
+            let n = v["keys"].as_array().map_or(0, Vec::len);
+            println!("device {device} of {user} compromised; {n} keys refused from now on");
             users = None;
         }
         (None, AdminCommand::Deactivate { user }) => {

@@ -1,8 +1,9 @@
 use complement_tests::{Server, password_auth};
 use serde_json::json;
 
+/// Complement: TestLogout
 #[tokio::test]
-async fn logout_and_logout_all() {
+async fn test_logout_current_device_then_all_devices() {
     let s = Server::start().await;
     let a = s.register("hal", "correct horse").await;
     let (_, second) = s.login("hal", "correct horse").await;
@@ -68,8 +69,9 @@ async fn refreshed_token_works_when_lifetime_allows() {
     assert_eq!(status, 401, "the replaced access token no longer works");
 }
 
+/// Complement: TestChangePassword
 #[tokio::test]
-async fn change_password_behind_uia() {
+async fn test_change_password_behind_uia() {
     let s = Server::start().await;
     let a = s.register("kim", "correct horse").await;
     let (_, other) = s.login("kim", "correct horse").await;
@@ -107,8 +109,9 @@ async fn change_password_behind_uia() {
     assert_eq!(s.get("/_matrix/client/v3/account/whoami", other["access_token"].as_str()).await.0, 401);
 }
 
+/// Complement: TestChangePassword/After changing password, different sessions can optionally be kept
 #[tokio::test]
-async fn change_password_can_keep_other_devices() {
+async fn test_change_password_can_keep_other_devices() {
     let s = Server::start().await;
     let a = s.register("lee", "correct horse").await;
     let (_, other) = s.login("lee", "correct horse").await;
@@ -153,8 +156,9 @@ async fn uia_session_cannot_be_used_by_another_user() {
     assert_eq!(body["errcode"], "M_FORBIDDEN");
 }
 
+/// Complement: TestDeactivateAccount
 #[tokio::test]
-async fn deactivation_ends_every_session_at_once() {
+async fn test_deactivate_account_ends_every_session_at_once() {
     let s = Server::start().await;
     let a = s.register("olga", "correct horse").await;
     let (_, other) = s.login("olga", "correct horse").await;

@@ -1,8 +1,9 @@
 use complement_tests::{Server, password_auth};
 use serde_json::json;
 
+/// Complement: TestDeviceManagement
 #[tokio::test]
-async fn list_get_and_rename_devices() {
+async fn test_device_management_list_get_and_rename_devices() {
     let s = Server::start().await;
     let a = s.register("pam", "correct horse").await;
     let (_, second) = s.login("pam", "correct horse").await;
@@ -35,8 +36,9 @@ async fn list_get_and_rename_devices() {
     let _ = second;
 }
 
+/// Complement: TestDeviceManagement/DELETE /device/{deviceId}
 #[tokio::test]
-async fn deleting_devices_needs_uia_and_logs_them_out() {
+async fn test_device_management_deleting_devices_needs_uia_and_logs_them_out() {
     let s = Server::start().await;
     let a = s.register("rae", "correct horse").await;
     let (_, second) = s.login("rae", "correct horse").await;

@@ -5,8 +5,9 @@ use serde_json::json;
 
 const V3: &str = "/_matrix/client/v3";
 
+/// Complement: TestRoomAlias, TestRoomDeleteAlias
 #[tokio::test]
-async fn aliases_create_resolve_join_and_delete() {
+async fn test_room_alias_create_resolve_join_and_delete() {
     let s = Server::start().await;
     let a = s.register("aliaser", "correct horse").await;
     let b = s.register("joiner", "correct horse").await;
@@ -62,8 +63,9 @@ async fn aliases_create_resolve_join_and_delete() {
     );
 }
 
+/// Complement: TestPublicRooms/Can search public room list
 #[tokio::test]
-async fn public_room_directory_lists_searches_and_pages() {
+async fn test_public_rooms_directory_lists_searches_and_pages() {
     let s = Server::start().await;
     let a = s.register("publisher", "correct horse").await;
     let b = s.register("browser", "correct horse").await;

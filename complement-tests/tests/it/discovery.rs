@@ -1,8 +1,9 @@
 use complement_tests::Server;
 use serde_json::json;
 
+/// Complement: TestVersionStructure/Version responds 200 OK with valid structure
 #[tokio::test]
-async fn versions_lists_spec_versions() {
+async fn test_version_structure_lists_spec_versions() {
     let s = Server::start().await;
     let (status, body) = s.get("/_matrix/client/versions", None).await;
     assert_eq!(status, 200);

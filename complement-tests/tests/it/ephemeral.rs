@@ -22,8 +22,9 @@ fn ephemeral<'a>(resp: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
     resp["rooms"]["join"][room]["ephemeral"]["events"].as_array()?.iter().find(|e| e["type"] == kind)
 }
 
+/// Complement: TestAddAccountData/Can add global account data
 #[tokio::test]
-async fn global_account_data_round_trips_and_syncs() {
+async fn test_add_account_data_global_round_trips_and_syncs() {
     let s = Server::start().await;
     let a = s.register("ada", "correct horse").await;
     let b = s.register("bea", "correct horse").await;
@@ -46,8 +47,9 @@ async fn global_account_data_round_trips_and_syncs() {
     assert_eq!(next["account_data"]["events"][0]["content"]["theme"], "light", "{next}");
 }
 
+/// Complement: TestAddAccountData/Can add room account data
 #[tokio::test]
-async fn room_tags_and_room_account_data() {
+async fn test_add_account_data_room_tags_and_room_account_data() {
     let s = Server::start().await;
     let a = s.register("tagger", "correct horse").await;
     let b = s.register("other", "correct horse").await;
@@ -70,8 +72,9 @@ async fn room_tags_and_room_account_data() {
     assert_eq!(s.put(&unknown, Some(&a.access_token), json!({})).await.0, 404);
 }
 
+/// Complement: TestRoomReceipts, TestRoomReadMarkers
 #[tokio::test]
-async fn receipts_and_read_markers() {
+async fn test_room_receipts_and_read_markers() {
     let s = Server::start().await;
     let a = s.register("sender", "correct horse").await;
     let b = s.register("reader", "correct horse").await;
@@ -124,8 +127,9 @@ async fn receipts_and_read_markers() {
     assert_eq!(status, 403);
 }
 
+/// Complement: TestTyping
 #[tokio::test]
-async fn typing_notifications_start_stop_and_expire() {
+async fn test_typing_notifications_start_stop_and_expire() {
     let s = Server::start().await;
     let a = s.register("watcher", "correct horse").await;
     let b = s.register("typist", "correct horse").await;

@@ -26,8 +26,9 @@ async fn malformed_and_mistyped_bodies() {
     assert_eq!(body["errcode"], "M_BAD_JSON");
 }
 
+/// Complement: TestUnknownEndpoints/Client-server endpoints
 #[tokio::test]
-async fn unknown_endpoint_and_wrong_method() {
+async fn test_unknown_endpoints_client_server_and_wrong_method() {
     let s = Server::start().await;
     let (status, body) = s.get("/_matrix/client/v3/no/such/endpoint", None).await;
     assert_eq!(status, 404);

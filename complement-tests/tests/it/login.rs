@@ -1,16 +1,18 @@
 use complement_tests::Server;
 use serde_json::json;
 
+/// Complement: TestLogin/GET /login yields a set of flows
 #[tokio::test]
-async fn login_types() {
+async fn test_login_get_login_yields_password_flow() {
     let s = Server::start().await;
     let (status, body) = s.get("/_matrix/client/v3/login", None).await;
     assert_eq!(status, 200);
     assert_eq!(body["flows"], json!([{ "type": "m.login.password" }]));
 }
 
+/// Complement: TestLogin
 #[tokio::test]
-async fn password_login_by_localpart_full_id_and_legacy_field() {
+async fn test_login_password_by_localpart_full_id_and_legacy_field() {
     let s = Server::start().await;
     s.register("erin", "correct horse").await;
     for user in ["erin", "@erin:localhost"] {
@@ -36,8 +38,9 @@ async fn password_login_by_localpart_full_id_and_legacy_field() {
     assert_ne!(a["access_token"], b["access_token"]);
 }
 
+/// Complement: TestLogin/POST /login returns the same device_id as that in the request
 #[tokio::test]
-async fn login_with_existing_device_id_replaces_its_token() {
+async fn test_login_with_existing_device_id_replaces_its_token() {
     let s = Server::start().await;
     s.register("fay", "correct horse").await;
     let login = |dev: &'static str| {
@@ -57,8 +60,9 @@ async fn login_with_existing_device_id_replaces_its_token() {
     assert_eq!(status, 200);
 }
 
+/// Complement: TestLogin
 #[tokio::test]
-async fn bad_credentials_are_forbidden() {
+async fn test_login_bad_credentials_are_forbidden() {
     let s = Server::start().await;
     s.register("gus", "correct horse").await;
     let (status, body) = s.login("gus", "wrong horse").await;

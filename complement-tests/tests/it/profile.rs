@@ -1,8 +1,9 @@
 use complement_tests::Server;
 use serde_json::json;
 
+/// Complement: TestProfileDisplayName, TestProfileAvatarURL
 #[tokio::test]
-async fn display_name_and_avatar() {
+async fn test_profile_display_name_and_avatar_url() {
     let s = Server::start().await;
     let a = s.register("sam", "correct horse").await;
     let (status, body) = s.get("/_matrix/client/v3/profile/@sam:localhost/displayname", None).await;

@@ -3,8 +3,9 @@ use serde_json::json;
 
 const REG: &str = "/_matrix/client/v3/register";
 
+/// Complement: TestRegistration/POST {} returns a set of flows
 #[tokio::test]
-async fn open_registration_uses_the_dummy_stage() {
+async fn test_registration_open_flow_uses_the_dummy_stage() {
     let s = Server::start().await;
     let (status, body) = s.post(REG, None, json!({ "username": "alice", "password": "correct horse" })).await;
     assert_eq!(status, 401);
@@ -22,8 +23,9 @@ async fn open_registration_uses_the_dummy_stage() {
     assert_eq!(body["device_id"], acct.device_id);
 }
 
+/// Complement: TestRegistration/POST /register can create a user
 #[tokio::test]
-async fn dummy_auth_without_a_session_is_accepted() {
+async fn test_registration_dummy_auth_without_a_session_is_accepted() {
     let s = Server::start().await;
     let (status, body) = s
         .post(REG, None, json!({ "username": "bob", "password": "correct horse", "auth": { "type": "m.login.dummy" } }))
@@ -32,8 +34,9 @@ async fn dummy_auth_without_a_session_is_accepted() {
     assert_eq!(body["user_id"], "@bob:localhost");
 }
 
+/// Complement: TestRegistration
 #[tokio::test]
-async fn username_rules() {
+async fn test_registration_username_rules() {
     let s = Server::start().await;
     for bad in ["Alice", "al ice", "al:ice", "ünï"] {
         let (status, body) = s.post(REG, None, json!({ "username": bad, "password": "correct horse" })).await;
@@ -135,8 +138,9 @@ async fn registration_tokens() {
     assert_eq!(body["user_id"], "@tok:localhost");
 }
 
+/// Complement: TestRegistration/POST /register returns the same device_id as that in the request
 #[tokio::test]
-async fn inhibit_login_device_id_and_display_name() {
+async fn test_registration_inhibit_login_device_id_and_display_name() {
     let s = Server::start().await;
     let (status, body) = s
         .post(

@@ -24,8 +24,9 @@ async fn say(s: &Server, who: &Account, room: &str, txn: &str, body: &str) -> St
     r["event_id"].as_str().unwrap().to_owned()
 }
 
+/// Complement: TestRedact/Event content is redacted
 #[tokio::test]
-async fn redaction_removes_content_and_needs_power() {
+async fn test_redact_removes_content_and_needs_power() {
     let s = Server::start().await;
     let a = s.register("mod", "correct horse").await;
     let b = s.register("user", "correct horse").await;
@@ -69,8 +70,9 @@ async fn redaction_removes_content_and_needs_power() {
     assert!(!sync.to_string().contains("my secret"));
 }
 
+/// Complement: TestServerCapabilities
 #[tokio::test]
-async fn capabilities_list_room_versions() {
+async fn test_server_capabilities_list_room_versions() {
     let s = Server::start().await;
     let a = s.register("caps", "correct horse").await;
     let (status, body) = s.get(&format!("{V3}/capabilities"), Some(&a.access_token)).await;
@@ -86,8 +88,9 @@ async fn capabilities_list_room_versions() {
     assert_eq!(c["m.profile_fields"]["allowed"], json!(["displayname", "avatar_url"]));
 }
 
+/// Complement: TestJumpToDateEndpoint
 #[tokio::test]
-async fn context_and_timestamp_lookup() {
+async fn test_jump_to_date_endpoint_and_event_context() {
     let s = Server::start().await;
     let a = s.register("ctx", "correct horse").await;
     let b = s.register("ctx2", "correct horse").await;
@@ -123,8 +126,9 @@ async fn context_and_timestamp_lookup() {
     assert_eq!(status, 404, "nothing before the epoch");
 }
 
+/// Complement: TestRoomForget, TestKnocking
 #[tokio::test]
-async fn forget_and_knock() {
+async fn test_room_forget_and_knocking() {
     let s = Server::start().await;
     let a = s.register("door", "correct horse").await;
     let b = s.register("knocker", "correct horse").await;

@@ -29,8 +29,9 @@ fn bodies(chunk: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Complement: TestRoomCreate
 #[tokio::test]
-async fn create_room_defaults_to_version_12_with_preset_state() {
+async fn test_room_create_defaults_to_version_12_with_preset_state() {
     let s = Server::start().await;
     let a = s.register("alice", "correct horse").await;
     let room = create(&s, &a, json!({ "name": "Kitchen", "topic": "Recipes" })).await;
@@ -54,8 +55,9 @@ async fn create_room_defaults_to_version_12_with_preset_state() {
     assert_eq!(joined["joined_rooms"], json!([room]));
 }
 
+/// Complement: TestRoomCreate
 #[tokio::test]
-async fn older_room_versions_and_unsupported_ones() {
+async fn test_room_create_older_room_versions_and_unsupported_ones() {
     let s = Server::start().await;
     let a = s.register("vera", "correct horse").await;
     for (version, has_creator) in [("10", true), ("11", false)] {
@@ -84,8 +86,9 @@ async fn older_room_versions_and_unsupported_ones() {
     assert_eq!(joined["joined_rooms"].as_array().unwrap().len(), 2, "nothing created for the refused requests");
 }
 
+/// Complement: TestSendMessageWithTxn, TestTxnIdempotency
 #[tokio::test]
-async fn sends_are_idempotent_per_device_and_transaction() {
+async fn test_send_message_with_txn_is_idempotent_per_device_and_transaction() {
     let s = Server::start().await;
     let a = s.register("idem", "correct horse").await;
     let room = create(&s, &a, json!({})).await;
@@ -99,10 +102,17 @@ async fn sends_are_idempotent_per_device_and_transaction() {
     assert_ne!(first["event_id"], third["event_id"]);
     let (_, page) = messages(&s, &a, &room, "dir=b&limit=50").await;
     assert_eq!(bodies(&page), vec!["once", "once"]);
+    // The scope is the endpoint path too: the same ID in another room is another event (TestTxnIdempotency).
+    let room2 = create(&s, &a, json!({})).await;
+    let (_, fourth) = send(&s, &a, &room2, "txn1", "once").await;
+    assert_ne!(first["event_id"], fourth["event_id"]);
+    let (_, page) = messages(&s, &a, &room2, "dir=b&limit=50").await;
+    assert_eq!(bodies(&page), vec!["once"]);
 }
 
+/// Complement: TestRoomsInvite, TestRoomMembers
 #[tokio::test]
-async fn membership_rules_are_enforced() {
+async fn test_rooms_invite_and_membership_rules_are_enforced() {
     let s = Server::start().await;
     let a = s.register("owner", "correct horse").await;
     let b = s.register("guest", "correct horse").await;
@@ -165,8 +175,9 @@ async fn membership_rules_are_enforced() {
     assert_eq!(status, 403, "not banned any more: {body}");
 }
 
+/// Complement: TestRoomMembers, TestRoomState/GET /rooms/:room_id/joined_members is forbidden after leaving room
 #[tokio::test]
-async fn public_rooms_can_be_joined_and_left() {
+async fn test_room_members_public_room_can_be_joined_and_left() {
     let s = Server::start().await;
     let a = s.register("host", "correct horse").await;
     let b = s.register("visitor", "correct horse").await;
@@ -183,8 +194,9 @@ async fn public_rooms_can_be_joined_and_left() {
     assert_eq!(s.post(&format!("{V3}/rooms/{room}/leave"), Some(&b.access_token), json!({})).await.0, 403);
 }
 
+/// Complement: TestRoomState
 #[tokio::test]
-async fn state_endpoints_and_the_empty_state_key() {
+async fn test_room_state_endpoints_and_the_empty_state_key() {
     let s = Server::start().await;
     let a = s.register("stater", "correct horse").await;
     let room = create(&s, &a, json!({})).await;
@@ -236,8 +248,9 @@ async fn unknown_and_malformed_rooms() {
     assert_eq!(status, 404);
 }
 
+/// Complement: TestJson/Invalid numerical values, TestEvent/Large Event
 #[tokio::test]
-async fn canonical_json_limits() {
+async fn test_json_canonical_limits_refuse_bad_numbers_and_large_events() {
     let s = Server::start().await;
     let a = s.register("limits", "correct horse").await;
     let room = create(&s, &a, json!({})).await;
@@ -263,8 +276,9 @@ async fn canonical_json_limits() {
     assert!(bodies(&page).is_empty(), "nothing was stored");
 }
 
+/// Complement: TestSendAndFetchMessage
 #[tokio::test]
-async fn messages_paginate_both_ways() {
+async fn test_send_and_fetch_message_paginating_both_ways() {
     let s = Server::start().await;
     let a = s.register("pager", "correct horse").await;
     let room = create(&s, &a, json!({})).await;
@@ -293,8 +307,9 @@ async fn messages_paginate_both_ways() {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
 }
 
+/// Complement: TestFetchHistoricalJoinedEventDenied
 #[tokio::test]
-async fn history_visibility_is_enforced() {
+async fn test_fetch_historical_joined_event_denied_and_outsiders_read_nothing() {
     let s = Server::start().await;
     let a = s.register("speaker", "correct horse").await;
     let b = s.register("latecomer", "correct horse").await;

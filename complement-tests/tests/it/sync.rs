@@ -37,8 +37,9 @@ fn encode(v: &Value) -> String {
         .collect()
 }
 
+/// Complement: TestRoomsInvite/Invited user can see room metadata
 #[tokio::test]
-async fn invite_then_initial_sync_after_joining() {
+async fn test_rooms_invite_invited_user_sees_metadata_then_history_after_joining() {
     let s = Server::start().await;
     let a = s.register("anna", "correct horse").await;
     let b = s.register("ben", "correct horse").await;
@@ -141,8 +142,9 @@ async fn limited_timeline_and_lazy_loaded_members() {
     assert!(members.contains(&b.user_id.as_str()), "{members:?}");
 }
 
+/// Complement: TestSyncFilter
 #[tokio::test]
-async fn filters_can_be_saved_and_used() {
+async fn test_sync_filter_can_be_saved_and_used() {
     let s = Server::start().await;
     let a = s.register("filterer", "correct horse").await;
     let other = s.register("nosy", "correct horse").await;
@@ -169,8 +171,9 @@ async fn filters_can_be_saved_and_used() {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
 }
 
+/// Complement: TestSyncLeaveSection/Newly left rooms appear in the leave section of incremental sync
 #[tokio::test]
-async fn leaving_shows_the_room_under_leave_and_tokens_survive_restarts() {
+async fn test_sync_leave_section_shows_left_room_and_tokens_survive_restarts() {
     let mut s = Server::start().await;
     let a = s.register("stayer", "correct horse").await;
     let b = s.register("goer", "correct horse").await;

@@ -81,6 +81,16 @@ async fn deactivate(State(st): State<AdminState>, headers: HeaderMap, Path(user)
     Ok(Json(json!({})))
 }
 
+async fn compromised(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path((user, device)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    check(&st, &headers)?;
+    let keys = admin::compromise_device(&st.services, &user, &device).await?;
+    Ok(Json(json!({ "keys": keys })))
+}
+
 async fn stats(State(st): State<AdminState>, headers: HeaderMap) -> Result<Json<Value>> {
     check(&st, &headers)?;
     Ok(Json(json!({ "audit": st.services.audit.counters() })))
@@ -93,5 +103,6 @@ pub fn router(services: Arc<Services>, secret: String) -> Router {
         .route(admin::paths::PASSWORD, post(reset_password))
         .route(admin::paths::DEACTIVATE, post(deactivate))
         .route(admin::paths::STATS, get(stats))
+        .route(admin::paths::COMPROMISED, post(compromised))
         .with_state(AdminState { services, secret: secret.into() })
 }

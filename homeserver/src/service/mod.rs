@@ -3,7 +3,9 @@
 
 pub mod account_data;
 pub mod audit;
+pub mod backup;
 pub mod directory;
+pub mod keys;
 pub mod lockout;
 pub mod locks;
 pub mod password_auth;
@@ -14,6 +16,7 @@ pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
 pub mod sync;
+pub mod to_device;
 pub mod uiaa;
 pub mod users;
 
@@ -67,11 +70,11 @@ impl Services {
 impl Services {
     /// Deactivates an account and ends all its sessions in one atomic write.
     pub async fn deactivate_account(&self, user_id: &ruma::UserId) -> Result<()> {
-        let _guard = self.locks.lock(user_id).await;
+        let guard = self.locks.lock(user_id).await;
         let mut batch = crate::storage::Batch::new();
         self.users.deactivation_batch(user_id, &mut batch)?;
-        self.sessions.remove_all_devices_batch(user_id, None, &mut batch)?;
-        self.db.commit(batch).await?;
+        let removed = self.remove_devices_batch(user_id, keys::DeviceSelection::AllExcept(None), &mut batch)?;
+        self.commit_device_removal(user_id, batch, guard, !removed.is_empty()).await?;
         tracing::info!(user = %user_id, "deactivated account");
         Ok(())
     }
@@ -85,14 +88,34 @@ impl Services {
         logout: Option<Option<&ruma::DeviceId>>,
     ) -> Result<()> {
         let hash = self.users.hash_password(password).await?;
-        let _guard = self.locks.lock(user_id).await;
+        let guard = self.locks.lock(user_id).await;
         let mut batch = crate::storage::Batch::new();
         self.users.password_batch(user_id, hash, &mut batch)?;
+        let mut removed = Vec::new();
         if let Some(keep) = logout {
-            self.sessions.remove_all_devices_batch(user_id, keep, &mut batch)?;
+            removed = self.remove_devices_batch(user_id, keys::DeviceSelection::AllExcept(keep), &mut batch)?;
         }
         self.lockout.clear_batch(user_id, &mut batch);
-        self.db.commit(batch).await?;
+        self.commit_device_removal(user_id, batch, guard, !removed.is_empty()).await
+    }
+
+    /// Commits a write that removed devices, announcing the device-list
+    /// change at its stream position when any device went away.
+    pub async fn commit_device_removal<G>(
+        &self,
+        user_id: &ruma::UserId,
+        batch: crate::storage::Batch,
+        guard: G,
+        changed: bool,
+    ) -> Result<()> {
+        let user = user_id.to_owned();
+        self.rooms
+            .commit_at_next_position(batch, Some(guard), move |stream, batch| {
+                if changed {
+                    keys::record_key_change(batch, stream, &user);
+                }
+            })
+            .await?;
         Ok(())
     }
 }

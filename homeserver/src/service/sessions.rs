@@ -70,15 +70,6 @@ pub struct Service {
     locks: Arc<UserLocks>,
 }
 
-/// Which devices a logout ends.
-#[derive(Debug, Clone, Copy)]
-pub enum Devices<'a> {
-    One(&'a DeviceId),
-    List(&'a [OwnedDeviceId]),
-    /// Every device, except the given one if any.
-    AllExcept(Option<&'a DeviceId>),
-}
-
 fn token_hash(token: &str) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(token.as_bytes()).to_vec()
@@ -127,26 +118,6 @@ impl Service {
         Ok(out)
     }
 
-    /// Logs devices out: removes them and their tokens in one durable write.
-    pub async fn logout(&self, user_id: &UserId, devices: Devices<'_>) -> Result<()> {
-        let _guard = self.locks.lock(user_id).await;
-        let mut batch = Batch::new();
-        match devices {
-            Devices::One(id) => {
-                self.remove_device_batch(user_id, id, &mut batch)?;
-            }
-            Devices::List(ids) => {
-                for id in ids {
-                    // Unknown devices are ignored, as the spec allows.
-                    self.remove_device_batch(user_id, id, &mut batch)?;
-                }
-            }
-            Devices::AllExcept(keep) => self.remove_all_devices_batch(user_id, keep, &mut batch)?,
-        }
-        self.db.commit(batch).await?;
-        Ok(())
-    }
-
     /// Removes a device and its tokens (writes added to `batch`; the caller holds the user's lock).
     pub fn remove_device_batch(&self, user_id: &UserId, device_id: &DeviceId, batch: &mut Batch) -> Result<bool> {
         let Some(device) = self.device(user_id, device_id)? else { return Ok(false) };
@@ -162,16 +133,6 @@ impl Service {
         if let Some(h) = device.refresh_token_hash.as_ref().and_then(|h| hex::decode(h).ok()) {
             batch.remove(trees::REFRESHHASH_SESSION, h);
         }
-    }
-
-    /// Removes every device of the user except `keep` (writes added to `batch`; the caller holds the user's lock).
-    pub fn remove_all_devices_batch(&self, user_id: &UserId, keep: Option<&DeviceId>, batch: &mut Batch) -> Result<()> {
-        for (id, _) in self.devices(user_id)? {
-            if Some(id.as_ref()) != keep {
-                self.remove_device_batch(user_id, &id, batch)?;
-            }
-        }
-        Ok(())
     }
 
     fn new_tokens(

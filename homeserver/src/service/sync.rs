@@ -26,33 +26,47 @@ use crate::{
     util::random_string,
 };
 
-/// A position in the server's streams: `s<events and other persisted data>_t<typing>`.
-/// Also accepted where pagination tokens are (`/messages` reads `pos`).
+/// A position in the server's streams: `s<events and other persisted data>_t<typing>`,
+/// plus `_d<position>` when a device's to-device messages were only partly
+/// delivered (the last position handed out). Also accepted where pagination
+/// tokens are (`/messages` reads `pos`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamToken {
     pub pos: u64,
     pub typing: u64,
+    pub to_device: Option<u64>,
 }
 
 impl StreamToken {
     pub fn parse(token: &str) -> Result<Self> {
         let bad = || err!(InvalidParam, "Invalid token");
         let rest = token.strip_prefix('s').ok_or_else(bad)?;
-        let (pos, typing) = match rest.split_once("_t") {
-            Some((p, t)) => (p.parse().map_err(|_| bad())?, t.parse().map_err(|_| bad())?),
-            None => (rest.parse().map_err(|_| bad())?, 0),
-        };
-        Ok(Self { pos, typing })
+        let mut parts = rest.split('_');
+        let pos = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let mut out = Self { pos, typing: 0, to_device: None };
+        for part in parts {
+            match part.split_at_checked(1) {
+                Some(("t", n)) => out.typing = n.parse().map_err(|_| bad())?,
+                Some(("d", n)) => out.to_device = Some(n.parse().map_err(|_| bad())?),
+                _ => return Err(bad()),
+            }
+        }
+        Ok(out)
     }
 }
 
 impl std::fmt::Display for StreamToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s{}_t{}", self.pos, self.typing)
+        write!(f, "s{}_t{}", self.pos, self.typing)?;
+        if let Some(d) = self.to_device {
+            write!(f, "_d{d}")?;
+        }
+        Ok(())
     }
 }
 
 pub struct SyncRequest {
+    pub device_id: ruma::OwnedDeviceId,
     pub since: Option<StreamToken>,
     pub full_state: bool,
     pub timeout: Duration,
@@ -93,12 +107,17 @@ impl Services {
         let mut typing = self.typing.subscribe();
         let deadline = tokio::time::Instant::now() + req.timeout;
         loop {
-            let now = StreamToken { pos: *watch.borrow_and_update(), typing: *typing.borrow_and_update() };
+            let now =
+                StreamToken { pos: *watch.borrow_and_update(), typing: *typing.borrow_and_update(), to_device: None };
             let response = self.sync_once(user_id, &req, now).await?;
             let empty = response.rooms.join.is_empty()
                 && response.rooms.invite.is_empty()
                 && response.rooms.leave.is_empty()
-                && response.account_data.events.is_empty();
+                && response.rooms.knock.is_empty()
+                && response.account_data.events.is_empty()
+                && response.to_device.events.is_empty()
+                && response.device_lists.changed.is_empty()
+                && response.device_lists.left.is_empty();
             if req.since.is_none() || req.full_state || !empty || req.since.is_some_and(|s| s.pos > now.pos + 1) {
                 return Ok(response);
             }
@@ -122,7 +141,19 @@ impl Services {
         let since = req.since.map(|s| s.pos.saturating_sub(1).min(position));
         // A typing position from before a restart is meaningless: treat it as none.
         let since_typing = req.since.map(|s| if s.typing > now.typing { 0 } else { s.typing });
-        let mut response = sync::Response::new(StreamToken { pos: position + 1, typing: now.typing }.to_string());
+        // To-device messages: those the device acknowledged by syncing with `since` are deleted.
+        let acked = req.since.map(|s| s.to_device.unwrap_or(s.pos.saturating_sub(1)));
+        let delivery = self.to_device_for_sync(user_id, &req.device_id, acked, position).await?;
+        let next = StreamToken { pos: position + 1, typing: now.typing, to_device: delivery.partial_upto };
+        let mut response = sync::Response::new(next.to_string());
+        response.to_device.events = delivery.events;
+        response.device_one_time_keys_count = self.one_time_key_counts(user_id, &req.device_id)?;
+        response.device_unused_fallback_key_types = Some(self.unused_fallback_key_types(user_id, &req.device_id)?);
+        if let Some(since) = since {
+            let lists = self.device_list_changes(user_id, since, position)?;
+            response.device_lists.changed = lists.changed.into_iter().collect();
+            response.device_lists.left = lists.left.into_iter().collect();
+        }
         // Account data is read once and split into global and per-room parts.
         let mut room_data: std::collections::HashMap<String, Vec<(String, serde_json::Value)>> = Default::default();
         for (room, kind, content) in self.account_data_since(user_id, since, position)? {

@@ -63,6 +63,31 @@ pub const ROOMALIAS_EMPTY: &str = "roomalias_empty";
 /// Room ID → empty: rooms published in the room directory.
 pub const ROOMID_PUBLISHED: &str = "roomid_published";
 
+/// `user_id SEP device_id` → the device's signed identity keys (`DeviceKeys`, canonical JSON).
+pub const USERDEVICEID_DEVICEKEYS: &str = "userdeviceid_devicekeys";
+/// `user_id SEP device_id SEP "algorithm:key_id"` → a signed one-time key, until it is claimed.
+pub const USERDEVICEKEYID_ONETIMEKEY: &str = "userdevicekeyid_onetimekey";
+/// `user_id SEP device_id SEP algorithm` → `{key_id, key, used}`: the device's fallback key.
+pub const USERDEVICEALG_FALLBACKKEY: &str = "userdevicealg_fallbackkey";
+/// `user_id SEP usage` (`master`, `self_signing`, `user_signing`) → cross-signing key.
+pub const USERUSAGE_CROSSSIGNINGKEY: &str = "userusage_crosssigningkey";
+/// `target_user SEP key_id SEP signer_user SEP signer_key_id` → signature: another user's
+/// signature of a user's master key, shown only to the signer.
+pub const KEYSIGNER_SIGNATURE: &str = "keysigner_signature";
+/// `stream (u64 BE) SEP user_id` → empty: the user's devices or keys changed at that position.
+pub const STREAMUSER_KEYCHANGE: &str = "streamuser_keychange";
+/// Public key (unpadded base64) → `{user_id, device_id, ts}`: keys an admin declared compromised.
+pub const KEY_COMPROMISED: &str = "key_compromised";
+/// `user_id SEP device_id SEP stream (u64 BE) SEP index (u64 BE)` → `{sender, type, content}`:
+/// to-device messages waiting for the device to sync past them.
+pub const USERDEVICESTREAM_TODEVICE: &str = "userdevicestream_todevice";
+/// `user_id SEP device_id SEP txn_id` → empty: `sendToDevice` transactions already handled.
+pub const USERDEVICETXN_TODEVICE: &str = "userdevicetxn_todevice";
+/// `user_id SEP version (u64 BE)` → `{algorithm, auth_data, etag}`: key-backup versions.
+pub const USERVERSION_BACKUP: &str = "userversion_backup";
+/// `user_id SEP version (u64 BE) SEP room_id SEP session_id` → encrypted backed-up session (opaque).
+pub const USERVERSIONROOMSESSION_BACKUPKEY: &str = "userversionroomsession_backupkey";
+
 /// All trees, in the order they are opened.
 pub const ALL: &[TreeDef] = &[
     TreeDef {
@@ -104,6 +129,29 @@ pub const ALL: &[TreeDef] = &[
     TreeDef { name: ALIAS_ROOMID, layout: "room alias → {room_id, creator}" },
     TreeDef { name: ROOMALIAS_EMPTY, layout: "room_id SEP alias → (empty)" },
     TreeDef { name: ROOMID_PUBLISHED, layout: "room_id → (empty): published in the room directory" },
+    TreeDef { name: USERDEVICEID_DEVICEKEYS, layout: "user_id SEP device_id → signed device keys (canonical JSON)" },
+    TreeDef {
+        name: USERDEVICEKEYID_ONETIMEKEY,
+        layout: "user_id SEP device_id SEP algorithm:key_id → signed one-time key (JSON)",
+    },
+    TreeDef { name: USERDEVICEALG_FALLBACKKEY, layout: "user_id SEP device_id SEP algorithm → {key_id, key, used}" },
+    TreeDef { name: USERUSAGE_CROSSSIGNINGKEY, layout: "user_id SEP usage → cross-signing key (JSON)" },
+    TreeDef {
+        name: KEYSIGNER_SIGNATURE,
+        layout: "target_user SEP key_id SEP signer_user SEP signer_key_id → signature (UTF-8)",
+    },
+    TreeDef { name: STREAMUSER_KEYCHANGE, layout: "stream (u64 BE) SEP user_id → (empty)" },
+    TreeDef { name: KEY_COMPROMISED, layout: "public key (base64) → {user_id, device_id, ts}" },
+    TreeDef {
+        name: USERDEVICESTREAM_TODEVICE,
+        layout: "user_id SEP device_id SEP stream (u64 BE) SEP index (u64 BE) → {sender, type, content}",
+    },
+    TreeDef { name: USERDEVICETXN_TODEVICE, layout: "user_id SEP device_id SEP txn_id → (empty)" },
+    TreeDef { name: USERVERSION_BACKUP, layout: "user_id SEP version (u64 BE) → {algorithm, auth_data, etag}" },
+    TreeDef {
+        name: USERVERSIONROOMSESSION_BACKUPKEY,
+        layout: "user_id SEP version (u64 BE) SEP room_id SEP session_id → KeyBackupData (JSON)",
+    },
 ];
 
 #[cfg(test)]

@@ -10,10 +10,8 @@ use crate::{
     api::Ruma,
     err,
     error::Result,
-    service::{
-        Services,
-        sessions::{Device, Devices},
-    },
+    service::{Services, keys::DeviceSelection, sessions::Device},
+    storage::Batch,
 };
 
 fn to_ruma(id: OwnedDeviceId, device: Device) -> d::Device {
@@ -67,7 +65,7 @@ pub async fn delete_device_route(
         return Err(err!(NotFound, "No such device"));
     }
     require_password(&s, body.body.auth.as_ref(), &user_id, &body.remote_str()).await?;
-    s.sessions.logout(&user_id, Devices::One(&body.body.device_id)).await?;
+    s.remove_devices(&user_id, DeviceSelection::One(&body.body.device_id), Batch::new()).await?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -78,6 +76,6 @@ pub async fn delete_devices_route(
 ) -> Result<delete_devices::v3::Response> {
     let user_id = body.user()?.to_owned();
     require_password(&s, body.body.auth.as_ref(), &user_id, &body.remote_str()).await?;
-    s.sessions.logout(&user_id, Devices::List(&body.body.devices)).await?;
+    s.remove_devices(&user_id, DeviceSelection::List(&body.body.devices), Batch::new()).await?;
     Ok(delete_devices::v3::Response::new())
 }

@@ -24,7 +24,8 @@ pub async fn send_message_event_route(
     let sender = body.user()?.to_owned();
     let device = body.device()?.to_owned();
     let req = &body.body;
-    let key = txn_key(&sender, &device, req.txn_id.as_str());
+    // A transaction is scoped to the device and the endpoint path, so the room is part of it.
+    let key = txn_key(&sender, &device, &format!("send:{}:{}:{}", req.room_id, req.event_type, req.txn_id));
     // One transaction ID of one device yields one event, however often it is retried.
     let _guard = s.locks.lock(format!("txn:{sender}")).await;
     if let Some(existing) = s.rooms.txn_event(&key)? {

@@ -6,6 +6,7 @@ mod account_data;
 mod device;
 mod directory;
 mod discovery;
+mod keys;
 mod membership;
 mod message;
 mod profile;
@@ -120,5 +121,34 @@ pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
         .ruma_route::<c::directory::get_public_rooms::v3::Request, _, _>(directory::get_public_rooms_route)
         .ruma_route::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(
             directory::get_public_rooms_filtered_route,
+        )
+        .ruma_route::<c::keys::upload_keys::v3::Request, _, _>(keys::upload_keys_route)
+        .ruma_route::<c::keys::get_keys::v3::Request, _, _>(keys::get_keys_route)
+        .ruma_route::<c::keys::claim_keys::v3::Request, _, _>(keys::claim_keys_route)
+        .ruma_route::<c::keys::get_key_changes::v3::Request, _, _>(keys::get_key_changes_route)
+        .ruma_route::<c::keys::upload_signing_keys::v3::Request, _, _>(keys::upload_signing_keys_route)
+        .ruma_route::<c::keys::upload_signatures::v3::Request, _, _>(keys::upload_signatures_route)
+        .ruma_route::<c::to_device::send_event_to_device::v3::Request, _, _>(keys::send_to_device_route)
+        .ruma_route::<c::backup::create_backup_version::v3::Request, _, _>(keys::create_backup_version_route)
+        .ruma_route::<c::backup::update_backup_version::v3::Request, _, _>(keys::update_backup_version_route)
+        .ruma_route::<c::backup::get_latest_backup_info::v3::Request, _, _>(keys::get_latest_backup_info_route)
+        .ruma_route::<c::backup::get_backup_info::v3::Request, _, _>(keys::get_backup_info_route)
+        .ruma_route::<c::backup::delete_backup_version::v3::Request, _, _>(keys::delete_backup_version_route)
+        .ruma_route::<c::backup::add_backup_keys::v3::Request, _, _>(keys::add_backup_keys_route)
+        .ruma_route::<c::backup::add_backup_keys_for_room::v3::Request, _, _>(keys::add_backup_keys_for_room_route)
+        .ruma_route::<c::backup::add_backup_keys_for_session::v3::Request, _, _>(
+            keys::add_backup_keys_for_session_route,
+        )
+        .ruma_route::<c::backup::get_backup_keys::v3::Request, _, _>(keys::get_backup_keys_route)
+        .ruma_route::<c::backup::get_backup_keys_for_room::v3::Request, _, _>(keys::get_backup_keys_for_room_route)
+        .ruma_route::<c::backup::get_backup_keys_for_session::v3::Request, _, _>(
+            keys::get_backup_keys_for_session_route,
+        )
+        .ruma_route::<c::backup::delete_backup_keys::v3::Request, _, _>(keys::delete_backup_keys_route)
+        .ruma_route::<c::backup::delete_backup_keys_for_room::v3::Request, _, _>(
+            keys::delete_backup_keys_for_room_route,
+        )
+        .ruma_route::<c::backup::delete_backup_keys_for_session::v3::Request, _, _>(
+            keys::delete_backup_keys_for_session_route,
         )
 }

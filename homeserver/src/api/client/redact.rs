@@ -27,7 +27,7 @@ pub async fn redact_event_route(
     let sender = body.user()?.to_owned();
     let device = body.device()?.to_owned();
     let req = &body.body;
-    let key = txn_key(&sender, &device, &format!("redact:{}", req.txn_id));
+    let key = txn_key(&sender, &device, &format!("redact:{}:{}:{}", req.room_id, req.event_id, req.txn_id));
     let _guard = s.locks.lock(format!("txn:{sender}")).await;
     if let Some(existing) = s.rooms.txn_event(&key)? {
         return Ok(redact_event::v3::Response::new(existing));

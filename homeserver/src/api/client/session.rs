@@ -13,7 +13,8 @@ use crate::{
     api::Ruma,
     err,
     error::{Error, ErrorKind, Result},
-    service::{Services, audit::AuditKind, password_auth, ratelimit::Action, sessions::Devices},
+    service::{Services, audit::AuditKind, keys::DeviceSelection, password_auth, ratelimit::Action},
+    storage::Batch,
 };
 
 /// `GET /_matrix/client/v3/login`
@@ -83,7 +84,7 @@ pub async fn refresh_route(
 
 /// `POST /_matrix/client/v3/logout`
 pub async fn logout_route(s: Arc<Services>, body: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
-    s.sessions.logout(body.user()?, Devices::One(body.device()?)).await?;
+    s.remove_devices(body.user()?, DeviceSelection::One(body.device()?), Batch::new()).await?;
     Ok(logout::v3::Response::new())
 }
 
@@ -92,6 +93,6 @@ pub async fn logout_all_route(
     s: Arc<Services>,
     body: Ruma<logout_all::v3::Request>,
 ) -> Result<logout_all::v3::Response> {
-    s.sessions.logout(body.user()?, Devices::AllExcept(None)).await?;
+    s.remove_devices(body.user()?, DeviceSelection::AllExcept(None), Batch::new()).await?;
     Ok(logout_all::v3::Response::new())
 }

@@ -32,6 +32,7 @@ pub async fn sync_events_route(s: Arc<Services>, body: Ruma<sync::Request>) -> R
     };
     let since = req.since.as_deref().map(StreamToken::parse).transpose()?;
     let request = SyncRequest {
+        device_id: body.device()?.to_owned(),
         since,
         full_state: req.full_state,
         timeout: req.timeout.unwrap_or_default().min(MAX_TIMEOUT),

@@ -54,9 +54,56 @@ impl DeviceIdentity {
             },
             "user_id": user_id,
         });
-        let signature = self.account.sign(canonical(&keys)?.as_bytes()).to_base64();
-        keys["signatures"] = json!({ user_id.as_str(): { format!("ed25519:{device_id}"): signature } });
+        self.sign_json(user_id, device_id, &mut keys)?;
         Ok(keys)
+    }
+
+    /// Adds this device's signature (`signatures.<user>.ed25519:<device>`) to
+    /// a JSON object, keeping the signatures it already carries.
+    pub fn sign_json(&self, user_id: &UserId, device_id: &DeviceId, object: &mut Value) -> Result<(), DeviceKeysError> {
+        let signature = self.account.sign(canonical(object)?.as_bytes()).to_base64();
+        let signatures = object
+            .as_object_mut()
+            .ok_or_else(|| DeviceKeysError::Canonical("only objects can be signed".into()))?
+            .entry("signatures")
+            .or_insert_with(|| json!({}));
+        signatures[user_id.as_str()][format!("ed25519:{device_id}")] = json!(signature);
+        Ok(())
+    }
+
+    /// Generates `count` new one-time keys and returns them signed for upload,
+    /// keyed `signed_curve25519:<key id>`. They count as published afterwards.
+    pub fn signed_one_time_keys(
+        &mut self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        count: usize,
+    ) -> Result<serde_json::Map<String, Value>, DeviceKeysError> {
+        self.account.generate_one_time_keys(count);
+        let mut out = serde_json::Map::new();
+        for (id, key) in self.account.one_time_keys() {
+            let mut signed = json!({ "key": key.to_base64() });
+            self.sign_json(user_id, device_id, &mut signed)?;
+            out.insert(format!("signed_curve25519:{}", id.to_base64()), signed);
+        }
+        self.account.mark_keys_as_published();
+        Ok(out)
+    }
+
+    /// Generates a fallback key and returns it signed for upload.
+    pub fn signed_fallback_key(
+        &mut self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<serde_json::Map<String, Value>, DeviceKeysError> {
+        self.account.generate_fallback_key();
+        let mut out = serde_json::Map::new();
+        for (id, key) in self.account.fallback_key() {
+            let mut signed = json!({ "key": key.to_base64(), "fallback": true });
+            self.sign_json(user_id, device_id, &mut signed)?;
+            out.insert(format!("signed_curve25519:{}", id.to_base64()), signed);
+        }
+        Ok(out)
     }
 }
 

@@ -8,3 +8,5 @@
 pub mod device;
 
 pub use device::{DeviceIdentity, DeviceKeysError};
+/// The ruma version whose types this crate's API uses.
+pub use ruma;

@@ -7,6 +7,7 @@ mod directory;
 mod discovery;
 mod ephemeral;
 mod errors;
+mod keys;
 mod lifecycle;
 mod login;
 mod matrix_sdk_client;

@@ -3,6 +3,8 @@
 //! answers, talks HTTPS to it trusting the certificate it generated, and
 //! stops it on drop.
 
+pub mod js;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},

@@ -20,7 +20,7 @@ use matrix_sdk::{
 };
 use serde_json::Value;
 
-async fn sdk_login(s: &Server, user: &str, password: &str) -> Client {
+pub(crate) async fn sdk_login(s: &Server, user: &str, password: &str) -> Client {
     let client = Client::builder()
         .homeserver_url(&s.url)
         .add_root_certificates(vec![s.certificate()])
@@ -34,7 +34,7 @@ async fn sdk_login(s: &Server, user: &str, password: &str) -> Client {
     client
 }
 
-async fn sync(client: &Client) {
+pub(crate) async fn sync(client: &Client) {
     client.sync_once(SyncSettings::default().timeout(Duration::from_millis(200))).await.expect("sync");
 }
 
@@ -45,7 +45,7 @@ fn password_auth(user: &str, password: &str, session: Option<String>) -> AuthDat
 }
 
 /// Syncs `client` until it can decrypt `event_id`; returns its body.
-async fn decrypted_body(client: &Client, room_id: &RoomId, event_id: &EventId) -> String {
+pub(crate) async fn decrypted_body(client: &Client, room_id: &RoomId, event_id: &EventId) -> String {
     let mut last = String::new();
     for _ in 0..40 {
         sync(client).await;
@@ -66,7 +66,7 @@ async fn decrypted_body(client: &Client, room_id: &RoomId, event_id: &EventId) -
     panic!("{} never decrypted {event_id}: {last}", client.user_id().unwrap());
 }
 
-async fn send(room: &matrix_sdk::Room, body: &str) -> OwnedEventId {
+pub(crate) async fn send(room: &matrix_sdk::Room, body: &str) -> OwnedEventId {
     room.send(RoomMessageEventContent::text_plain(body)).await.expect("send").response.event_id
 }
 

@@ -5,6 +5,7 @@ mod admin_cli;
 mod devices;
 mod directory;
 mod discovery;
+mod e2ee_js;
 mod e2ee_sdk;
 mod ephemeral;
 mod errors;

@@ -184,6 +184,11 @@ async fn test_sync_leave_section_shows_left_room_and_tokens_survive_restarts() {
     let resp = sync(&s, &b, &format!("since={since}")).await;
     assert!(resp["rooms"]["leave"].get(&room).is_some(), "{resp}");
     assert!(resp["rooms"]["join"].get(&room).is_none());
+    // The user's own leave event is in that timeline, whatever the history visibility.
+    let events = resp["rooms"]["leave"][&room]["timeline"]["events"].as_array().unwrap();
+    let last = events.last().expect("the leave event");
+    assert_eq!((last["type"].as_str(), last["content"]["membership"].as_str()), (Some("m.room.member"), Some("leave")));
+    assert_eq!(last["state_key"].as_str(), Some(b.user_id.as_str()));
     let token = resp["next_batch"].as_str().unwrap().to_owned();
 
     s.kill_and_restart().await;
@@ -197,9 +202,16 @@ async fn state_after_is_served_when_asked() {
     let s = Server::start().await;
     let a = s.register("modern", "correct horse").await;
     let room = create(&s, &a, json!({ "name": "N" })).await;
-    let resp = sync(&s, &a, "org.matrix.msc4222.use_state_after=true").await;
+    let resp = sync(&s, &a, "use_state_after=true").await;
     let joined = &resp["rooms"]["join"][&room];
     assert!(joined.get("state_after").is_some(), "{joined}");
+    assert!(joined.get("state").is_none(), "{joined}");
     let events = joined["state_after"]["events"].as_array().unwrap();
     assert!(events.iter().any(|e| e["type"] == "m.room.name"));
+    // The unstable parameter (matrix-js-sdk) gets `state`: such clients read the
+    // answer under an unstable key, and fall back to `state` without it.
+    let resp = sync(&s, &a, "org.matrix.msc4222.use_state_after=true").await;
+    let joined = &resp["rooms"]["join"][&room];
+    assert!(joined.get("state_after").is_none(), "{joined}");
+    assert!(joined["state"]["events"].as_array().is_some(), "{joined}");
 }

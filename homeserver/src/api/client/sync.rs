@@ -37,10 +37,11 @@ pub async fn sync_events_route(s: Arc<Services>, body: Ruma<sync::Request>) -> R
         full_state: req.full_state,
         timeout: req.timeout.unwrap_or_default().min(MAX_TIMEOUT),
         filter,
-        // Also accept the unstable name matrix-js-sdk sends (MSC4222).
-        use_state_after: req.use_state_after
-            || crate::api::url_query_pairs(&body.query)
-                .any(|(k, v)| k == "org.matrix.msc4222.use_state_after" && v == "true"),
+        // Only the stable parameter: a client asking with the unstable
+        // `org.matrix.msc4222.use_state_after` (matrix-js-sdk) reads the answer
+        // under the unstable key, so it gets `state`, which the spec tells
+        // clients to fall back to when `state_after` is absent.
+        use_state_after: req.use_state_after,
     };
     s.sync(&user, request).await
 }

@@ -344,12 +344,20 @@ impl Service {
         }
         let then = self.membership_in(&after, user_id)?;
         let now = self.membership(user_id, &info.room_id)?.map(|m| m.membership);
-        Ok(match visibility.as_str() {
+        let visible = match visibility.as_str() {
             "invited" => matches!(then.as_deref(), Some("join" | "invite")),
             "joined" => then.as_deref() == Some("join"),
             // shared (and anything unknown, read as shared)
             _ => then.as_deref() == Some("join") || now.as_deref() == Some("join"),
-        })
+        };
+        if visible {
+            return Ok(true);
+        }
+        // Users always see their own membership events (their leave, kick or
+        // ban included), or clients never learn why a room went away.
+        Ok(self
+            .pdu_arc(event_id)?
+            .is_some_and(|p| p.kind.to_string() == "m.room.member" && p.state_key.as_deref() == Some(user_id.as_str())))
     }
 
     /// The state a user may read: the current state while joined, else the

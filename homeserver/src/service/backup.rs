@@ -221,16 +221,7 @@ impl Services {
                 }
             }
         }
-        if !batch.is_empty() {
-            record.etag += 1;
-            batch.insert(
-                trees::USERVERSION_BACKUP,
-                codec::key(&[user_id.as_str().into(), number.into()]),
-                serde_json::to_vec(&record).map_err(Error::internal)?,
-            );
-            self.db.commit(batch).await?;
-        }
-        Ok((record.etag.to_string(), self.backup_count(user_id, number)?))
+        self.commit_key_change(user_id, number, &mut record, batch).await
     }
 
     /// Reads stored sessions: `room → session → data`.
@@ -270,7 +261,20 @@ impl Services {
         let _guard = self.locks.lock(format!("backup:{user_id}")).await;
         let (number, mut record) = self.backup_version(user_id, version)?;
         let mut batch = Batch::new();
-        if self.backup_removals(user_id, number, scope, &mut batch)? > 0 {
+        self.backup_removals(user_id, number, scope, &mut batch)?;
+        self.commit_key_change(user_id, number, &mut record, batch).await
+    }
+
+    /// Commits a change of a version's keys (if `batch` holds any) with a new
+    /// etag; returns the etag and count the endpoints answer.
+    async fn commit_key_change(
+        &self,
+        user_id: &UserId,
+        number: u64,
+        record: &mut BackupVersion,
+        mut batch: Batch,
+    ) -> Result<(String, UInt)> {
+        if !batch.is_empty() {
             record.etag += 1;
             batch.insert(
                 trees::USERVERSION_BACKUP,

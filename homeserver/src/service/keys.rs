@@ -431,12 +431,7 @@ impl Services {
     ) -> Result<ruma::api::client::keys::get_keys::v3::Response> {
         let mut response = ruma::api::client::keys::get_keys::v3::Response::new();
         for (user_id, devices) in wanted {
-            if user_id.server_name().as_str() != self.config.server_name {
-                // No federation yet: the remote server cannot be asked.
-                response.failures.insert(
-                    user_id.server_name().to_string(),
-                    serde_json::json!({ "status": 503, "message": "Federation is not available" }),
-                );
+            if self.remote_key_failure(user_id, &mut response.failures) {
                 continue;
             }
             let records: BTreeMap<OwnedDeviceId, _> = self.sessions.devices(user_id)?.into_iter().collect();
@@ -474,6 +469,19 @@ impl Services {
         Ok(response)
     }
 
+    /// For a user of another server, notes in `failures` that it cannot be
+    /// asked (no federation yet) and returns true.
+    fn remote_key_failure(&self, user_id: &UserId, failures: &mut BTreeMap<String, Value>) -> bool {
+        if user_id.server_name().as_str() == self.config.server_name {
+            return false;
+        }
+        failures.insert(
+            user_id.server_name().to_string(),
+            serde_json::json!({ "status": 503, "message": "Federation is not available" }),
+        );
+        true
+    }
+
     /// Adds the signatures of `target`'s key `key_id` made by `querier` (only the signer sees them).
     fn merge_visible_signatures(
         &self,
@@ -501,11 +509,7 @@ impl Services {
     ) -> Result<ruma::api::client::keys::claim_keys::v3::Response> {
         let mut response = ruma::api::client::keys::claim_keys::v3::Response::new(BTreeMap::new());
         for (user_id, devices) in wanted {
-            if user_id.server_name().as_str() != self.config.server_name {
-                response.failures.insert(
-                    user_id.server_name().to_string(),
-                    serde_json::json!({ "status": 503, "message": "Federation is not available" }),
-                );
+            if self.remote_key_failure(user_id, &mut response.failures) {
                 continue;
             }
             // One user at a time under that user's lock: a key read here is removed

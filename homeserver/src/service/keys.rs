@@ -926,65 +926,75 @@ impl Services {
     /// users whose keys changed and who share a room, users who started
     /// sharing a room, and users who no longer share any.
     pub fn device_list_changes(&self, user_id: &UserId, since: u64, upto: u64) -> Result<DeviceListChanges> {
-        let sharing = self.users_sharing_rooms(user_id)?;
         let mut out = DeviceListChanges::default();
         if upto <= since {
             return Ok(out);
         }
+        // First the candidates, cheaply; who shares a room is only worked out
+        // when there is one (most syncs have none).
+        let mut key_changed = Vec::new();
         let tree = self.db.tree(trees::STREAMUSER_KEYCHANGE)?;
         let from = codec::u64_bytes(since + 1);
         let to = codec::u64_bytes(upto + 1);
         for item in tree.range(&from, Some(&to), false) {
             let (k, _) = item?;
             let user = std::str::from_utf8(&k[9..]).map_err(|e| corrupt(trees::STREAMUSER_KEYCHANGE, e))?;
-            if let Ok(user) = UserId::parse(user)
-                && sharing.contains(&user)
-            {
-                out.changed.insert(user);
+            if let Ok(user) = UserId::parse(user) {
+                key_changed.push(user);
             }
         }
+        // (room, member) pairs whose membership changed, and rooms joined or left since `since`.
+        let mut member_changes = Vec::new();
+        let mut joined_rooms = Vec::new();
+        let mut left_rooms = Vec::new();
         for (room_id, record) in self.rooms.user_rooms(user_id)? {
-            if record.stream <= since && record.membership != "join" {
-                continue;
-            }
             match record.membership.as_str() {
-                "join" if record.stream > since => {
-                    // Newly joined: every member's devices are new to this user.
-                    for (member, membership) in self.rooms.members(&room_id)? {
-                        if member != user_id && (membership == "join" || membership == "invite") {
-                            out.changed.insert(member);
-                        }
-                    }
-                }
+                "join" if record.stream > since => joined_rooms.push(room_id),
                 "join" => {
                     for (_, pdu) in self.rooms.timeline(&room_id, since + 1, upto + 1, false, usize::MAX)? {
                         if pdu.kind.to_string() != "m.room.member" {
                             continue;
                         }
-                        let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else {
-                            continue;
-                        };
-                        if target == user_id {
-                            continue;
-                        }
-                        if sharing.contains(&target) {
-                            let now = self.rooms.membership(&target, &room_id)?;
-                            if now.is_some_and(|m| m.membership == "join" || m.membership == "invite") {
-                                out.changed.insert(target);
-                            }
-                        } else {
-                            out.left.insert(target);
+                        if let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+                            && target != user_id
+                        {
+                            member_changes.push((room_id.clone(), target));
                         }
                     }
                 }
-                "leave" | "ban" => {
-                    for (member, _) in self.rooms.members(&room_id)? {
-                        if !sharing.contains(&member) {
-                            out.left.insert(member);
-                        }
-                    }
-                }
+                "leave" | "ban" if record.stream > since => left_rooms.push(room_id),
                 _ => {}
+            }
+        }
+        if key_changed.is_empty() && member_changes.is_empty() && joined_rooms.is_empty() && left_rooms.is_empty() {
+            return Ok(out);
+        }
+
+        let sharing = self.users_sharing_rooms(user_id)?;
+        out.changed.extend(key_changed.into_iter().filter(|u| sharing.contains(u)));
+        for room_id in joined_rooms {
+            // Newly joined: every member's devices are new to this user.
+            for (member, membership) in self.rooms.members(&room_id)? {
+                if member != user_id && (membership == "join" || membership == "invite") {
+                    out.changed.insert(member);
+                }
+            }
+        }
+        for (room_id, target) in member_changes {
+            if sharing.contains(&target) {
+                let now = self.rooms.membership(&target, &room_id)?;
+                if now.is_some_and(|m| m.membership == "join" || m.membership == "invite") {
+                    out.changed.insert(target);
+                }
+            } else {
+                out.left.insert(target);
+            }
+        }
+        for room_id in left_rooms {
+            for (member, _) in self.rooms.members(&room_id)? {
+                if !sharing.contains(&member) {
+                    out.left.insert(member);
+                }
             }
         }
         out.left.retain(|u| !sharing.contains(u));

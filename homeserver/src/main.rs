@@ -3,6 +3,12 @@
 
 use std::{io::BufRead, path::PathBuf, process::ExitCode, sync::Arc};
 
+/// mimalloc instead of the system allocator: the server allocates many small,
+/// short-lived buffers (JSON, events) on several threads, where glibc's
+/// per-thread arenas fragment and hold memory.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hearth_homeserver::{

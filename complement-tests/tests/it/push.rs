@@ -91,6 +91,18 @@ async fn unread_counts_follow_rules_and_receipts() {
     );
     assert_eq!(counts(&s, &a, &room).await, (0, 0));
 
+    // `@room` highlights only when the sender has the `notifications.room` power level (50):
+    // the talker (level 0) does not; once promoted, they do.
+    let everyone = json!({ "msgtype": "m.text", "body": "listen up", "m.mentions": { "room": true } });
+    send("r1", everyone.clone()).await;
+    assert_eq!(counts(&s, &a, &room).await, (1, 0));
+    let pl_path = format!("{V3}/rooms/{room}/state/m.room.power_levels");
+    let (_, mut levels) = s.get(&pl_path, Some(&a.access_token)).await;
+    levels["users"][&b.user_id] = json!(50);
+    assert_eq!(s.put(&pl_path, Some(&a.access_token), levels).await.0, 200);
+    send("r2", everyone).await;
+    assert_eq!(counts(&s, &a, &room).await, (2, 1));
+
     // With the master rule on, nothing notifies.
     let master = format!("{V3}/pushrules/global/override/.m.rule.master/enabled");
     assert_eq!(s.put(&master, Some(&a.access_token), json!({ "enabled": true })).await.0, 200);

@@ -94,12 +94,13 @@ impl Services {
         let members = self.rooms.members(room_id)?;
         let joined = members.iter().filter(|(_, m)| m == "join").count() as u64;
         let profile = self.users.profile(user_id)?.unwrap_or_default();
-        let ctx = PushConditionRoomCtx::new(
+        let mut ctx = PushConditionRoomCtx::new(
             room_id.to_owned(),
             UInt::try_from(joined).unwrap_or_default(),
             user_id.to_owned(),
             profile.displayname.unwrap_or_else(|| user_id.localpart().to_owned()),
         );
+        ctx.power_levels = self.rooms.push_power_levels(room_id)?;
         let (mut notify, mut highlight) = (0, 0);
         for (_, pdu) in events {
             if pdu.sender == user_id || !self.rooms.can_see(user_id, &pdu.event_id)? {

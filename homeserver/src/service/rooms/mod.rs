@@ -628,6 +628,41 @@ impl Service {
 impl Service {
     /// Whether `sender` may redact `target` in the room: their own event, or
     /// with at least the room's `redact` power level.
+    /// The room's creators: the create event's sender and its `additional_creators`.
+    fn creators(&self, room: &RoomRecord) -> Result<Vec<OwnedUserId>> {
+        let mut creators = vec![];
+        if let Some(c) = self.pdu(&room.create_event_id)? {
+            creators.push(c.sender.clone());
+            if let Some(extra) = c.content_json().get("additional_creators").and_then(|v| v.as_array()) {
+                creators.extend(extra.iter().filter_map(|v| v.as_str().and_then(|u| UserId::parse(u).ok())));
+            }
+        }
+        Ok(creators)
+    }
+
+    /// The power levels push rules need (`sender_notification_permission`,
+    /// the `@room` rule), from the room's current state.
+    pub fn push_power_levels(&self, room_id: &RoomId) -> Result<Option<ruma::push::PushConditionPowerLevelsCtx>> {
+        let Some(room) = self.room(room_id)? else { return Ok(None) };
+        let rules = pdu::rules_for(&room.version)?;
+        let state = self.state.load(room.state_group)?;
+        let power = self.state_pdu(&state, "m.room.power_levels", "")?.map(|p| p.content_json()).unwrap_or_default();
+        let int = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_i64()).and_then(ruma::Int::new);
+        let users = power
+            .get("users")
+            .and_then(|m| m.as_object())
+            .map(|m| m.iter().filter_map(|(u, v)| Some((UserId::parse(u).ok()?, int(Some(v))?))).collect())
+            .unwrap_or_default();
+        let users_default = int(power.get("users_default")).unwrap_or_default();
+        let mut notifications = ruma::power_levels::NotificationPowerLevels::new();
+        if let Some(level) = int(power.get("notifications").and_then(|n| n.get("room"))) {
+            notifications.room = level;
+        }
+        let power_rules =
+            ruma::room_version_rules::RoomPowerLevelsRules::new(&rules.authorization, self.creators(&room)?);
+        Ok(Some(ruma::push::PushConditionPowerLevelsCtx::new(users, users_default, notifications, power_rules)))
+    }
+
     pub fn may_redact(&self, room_id: &RoomId, sender: &UserId, target: &Pdu) -> Result<bool> {
         if target.sender == sender {
             return Ok(true);
@@ -644,18 +679,8 @@ impl Service {
                 .unwrap_or_else(|| power.get("users_default").and_then(|v| v.as_i64()).unwrap_or(0))
         };
         // Room creators of versions that privilege them outrank every power level.
-        if rules.authorization.explicitly_privilege_room_creators {
-            let create = self.pdu(&room.create_event_id)?;
-            let mut creators = vec![];
-            if let Some(c) = &create {
-                creators.push(c.sender.to_string());
-                if let Some(extra) = c.content_json().get("additional_creators").and_then(|v| v.as_array()) {
-                    creators.extend(extra.iter().filter_map(|v| v.as_str().map(str::to_owned)));
-                }
-            }
-            if creators.iter().any(|c| c == sender.as_str()) {
-                return Ok(true);
-            }
+        if rules.authorization.explicitly_privilege_room_creators && self.creators(&room)?.iter().any(|c| c == sender) {
+            return Ok(true);
         }
         let needed = power.get("redact").and_then(|v| v.as_i64()).unwrap_or(50);
         Ok(level(sender) >= needed)

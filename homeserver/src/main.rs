@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use hearth_homeserver::{
     admin::{self, CreateUser, UserSummary},
     config::{Config, DEFAULT_CONFIG},
-    server,
+    server, storage,
 };
 
 #[derive(Parser)]
@@ -54,6 +54,10 @@ enum AdminCommand {
     ResetPassword { user: String },
     /// Deactivate a user: log out every device and block logins.
     Deactivate { user: String },
+    /// Rewrite the database so its files hold only live data: redacted event
+    /// content and delivered messages are then in no file. The server must be
+    /// stopped.
+    Compact,
     /// Declare a device's identity keys compromised: the device is logged out,
     /// its keys are withdrawn and announced as changed, and they are refused
     /// if any device uploads them again.
@@ -122,6 +126,20 @@ async fn run_admin(config: Arc<Config>, command: AdminCommand) -> anyhow::Result
         AdminCommand::CreateUser { .. } | AdminCommand::ResetPassword { .. } => Some(read_password()?),
         _ => None,
     };
+    if let AdminCommand::Compact = command {
+        let path = config.data_dir.join("db");
+        if !path.exists() {
+            anyhow::bail!("there is no database in {}", config.data_dir.display());
+        }
+        let (before, after) = storage::sled_store::compact(&path).map_err(|e| match e {
+            storage::StorageError::Locked => {
+                anyhow::anyhow!("the database is in use: stop the server before compacting it")
+            }
+            e => anyhow::anyhow!("compaction failed: {e}"),
+        })?;
+        println!("compacted {}: {} KiB before, {} KiB after", path.display(), before / 1024, after / 1024);
+        return Ok(());
+    }
     // Open the database directly when no server holds it; otherwise go through the server.
     let direct = match server::open_services(config.clone(), server::Open::ExistingOnly) {
         Ok(s) => Some(s),
@@ -186,6 +204,7 @@ async fn run_admin(config: Arc<Config>, command: AdminCommand) -> anyhow::Result
             println!("device {device} of {user} compromised; {n} keys refused from now on");
             users = None;
         }
+        (_, AdminCommand::Compact) => unreachable!("compaction is handled before the database is opened"),
         (None, AdminCommand::Deactivate { user }) => {
             let path = admin::paths::DEACTIVATE.replace("{user_id}", &encode_user(&user));
             remote(&config, reqwest::Method::POST, &path, None).await?;

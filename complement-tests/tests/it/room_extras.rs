@@ -218,3 +218,73 @@ async fn message_filters_members_at_and_knocks_in_sync() {
     let knock_state = sync["rooms"]["knock"][&knockable]["knock_state"]["events"].as_array().expect("knock section");
     assert!(knock_state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knock here"));
 }
+
+/// Redacted content is gone from the database at once, and, after
+/// `homeserver admin compact`, from every file of the data directory.
+#[tokio::test]
+async fn redacted_content_is_gone_from_storage_after_compaction() {
+    use hearth_homeserver::storage::{Store, sled_store::SledStore, trees};
+
+    let mut s = Server::start().await;
+    let a = s.register("purger", "correct horse").await;
+    let room = s.create_room(&a, json!({})).await;
+    let marker = format!("redact-me-{}", std::process::id());
+    let (status, sent) = s.send_text(&a, &room, "t1", &format!("{marker} and more")).await;
+    assert_eq!(status, 200, "{sent}");
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    s.send_text(&a, &room, "t2", "a later message that stays").await;
+    let (status, _) = s
+        .put(&format!("{V3}/rooms/{room}/redact/{event_id}/r1"), Some(&a.access_token), json!({ "reason": "oops" }))
+        .await;
+    assert_eq!(status, 200);
+    s.terminate().await;
+
+    // No tree of the database holds the content any more.
+    {
+        let store = SledStore::open(&s.data_dir().join("db")).expect("open db");
+        for t in trees::ALL {
+            for item in store.tree(t.name).unwrap().scan_prefix(b"") {
+                let (k, v) = item.unwrap();
+                let hit = |b: &[u8]| b.windows(marker.len()).any(|w| w == marker.as_bytes());
+                assert!(!hit(&k) && !hit(&v), "tree {} still holds the redacted content", t.name);
+            }
+        }
+    }
+
+    // Compaction rewrites the files: no file holds it either.
+    let out = s.admin(&["compact"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut stack = vec![s.data_dir()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                    "{} still holds the redacted content",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    // The server starts on the compacted database with everything else intact.
+    s.start_again().await;
+    let (status, event) = s.get(&format!("{V3}/rooms/{room}/event/{event_id}"), Some(&a.access_token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(event["content"], json!({}), "{event}");
+    let (_, page) = s.get(&format!("{V3}/rooms/{room}/messages?dir=b&limit=5"), Some(&a.access_token)).await;
+    assert!(page["chunk"].as_array().unwrap().iter().any(|e| e["content"]["body"] == "a later message that stays"));
+
+    // Compaction refuses to run while the server holds the database.
+    let out = s.admin(&["compact"], None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stop the server"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -64,17 +64,8 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (creating if needed) the database in `path`, with every declared tree.
     pub fn open(path: &Path) -> StorageResult<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            // sled caches up to 1 GiB by default; a smaller page cache keeps memory use modest.
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(|e| match &e {
-                // sled reports a held file lock as an I/O error with this message.
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => StorageError::Locked,
-                _ => backend(e),
-            })?;
+        finish_compaction(path)?;
+        let db = open_sled(path)?;
         let mut trees = HashMap::new();
         for t in trees::ALL {
             trees.insert(t.name, db.open_tree(t.name).map_err(backend)?);
@@ -85,6 +76,87 @@ impl SledStore {
     fn sled_tree(&self, name: &str) -> StorageResult<&sled::Tree> {
         self.trees.get(name).ok_or_else(|| StorageError::UnknownTree(name.to_owned()))
     }
+}
+
+fn open_sled(path: &Path) -> StorageResult<sled::Db> {
+    sled::Config::new()
+        .path(path)
+        .mode(sled::Mode::HighThroughput)
+        // sled caches up to 1 GiB by default; a smaller page cache keeps memory use modest.
+        .cache_capacity(64 * 1024 * 1024)
+        .open()
+        .map_err(|e| match &e {
+            // sled reports a held file lock as an I/O error with this message.
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => StorageError::Locked,
+            _ => backend(e),
+        })
+}
+
+/// Marks a finished copy in the compaction directory.
+const COMPACTED_MARKER: &str = "COMPACTED";
+
+fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+fn io(e: std::io::Error) -> StorageError {
+    backend(e)
+}
+
+/// Rewrites the database in `path` into a new one holding only live data,
+/// then puts it in place of the old one, whose files are deleted. sled is
+/// log-structured: overwritten and deleted values (redacted event content,
+/// delivered to-device messages) stay in its files until their segment is
+/// reused; after compaction they are in no file of the database. Needs the
+/// database to itself (the server stopped). Returns the sizes before and after.
+pub fn compact(path: &Path) -> StorageResult<(u64, u64)> {
+    finish_compaction(path)?;
+    let tmp = sibling(path, ".compacting");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io)?;
+    }
+    let before;
+    {
+        let old = open_sled(path)?;
+        before = old.size_on_disk().map_err(backend)?;
+        let new = open_sled(&tmp)?;
+        new.import(old.export());
+        new.flush().map_err(backend)?;
+    }
+    // The copy is complete and durable: from here on, finishing is always possible.
+    let marker = tmp.join(COMPACTED_MARKER);
+    std::fs::File::create(&marker).and_then(|f| f.sync_all()).map_err(io)?;
+    finish_compaction(path)?;
+    let after = open_sled(path)?.size_on_disk().map_err(backend)?;
+    Ok((before, after))
+}
+
+/// Completes or discards a compaction interrupted by a crash: a complete copy
+/// replaces the old database, an incomplete one is deleted.
+fn finish_compaction(path: &Path) -> StorageResult<()> {
+    let tmp = sibling(path, ".compacting");
+    let old = sibling(path, ".old");
+    if tmp.join(COMPACTED_MARKER).exists() {
+        if path.exists() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(io)?;
+            }
+            std::fs::rename(path, &old).map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)?;
+        std::fs::remove_file(path.join(COMPACTED_MARKER)).map_err(io)?;
+        if let Some(parent) = path.parent() {
+            std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+    } else if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io)?;
+    }
+    if old.exists() && path.exists() {
+        std::fs::remove_dir_all(&old).map_err(io)?;
+    }
+    Ok(())
 }
 
 impl Store for SledStore {
@@ -140,6 +212,58 @@ mod tests {
         std::mem::forget(dir);
         store
     });
+
+    #[test]
+    fn compaction_keeps_live_data_and_drops_overwritten_bytes() {
+        use crate::storage::Store;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db");
+        let secret = b"overwritten-secret-value-0123456789";
+        {
+            let store = super::SledStore::open(&path).expect("open");
+            let t = store.tree("global").unwrap();
+            t.insert(b"k", secret).unwrap();
+            store.flush().unwrap();
+            t.insert(b"k", b"redacted").unwrap();
+            t.insert(b"other", b"kept").unwrap();
+            store.flush().unwrap();
+        }
+        let contains = |p: &std::path::Path| {
+            walk(p).iter().any(|f| std::fs::read(f).unwrap().windows(secret.len()).any(|w| w == secret))
+        };
+        assert!(contains(&path), "sled keeps the old bytes until compaction (else this test proves nothing)");
+        super::compact(&path).expect("compact");
+        assert!(!contains(dir.path()), "no file holds the overwritten value");
+        let store = super::SledStore::open(&path).expect("reopen");
+        let t = store.tree("global").unwrap();
+        assert_eq!(t.get(b"k").unwrap(), Some(b"redacted".to_vec()));
+        assert_eq!(t.get(b"other").unwrap(), Some(b"kept".to_vec()));
+    }
+
+    #[test]
+    fn an_incomplete_compaction_is_discarded_on_open() {
+        use crate::storage::Store;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db");
+        {
+            let store = super::SledStore::open(&path).expect("open");
+            store.tree("global").unwrap().insert(b"k", b"v").unwrap();
+            store.flush().unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("db.compacting")).unwrap();
+        let store = super::SledStore::open(&path).expect("open");
+        assert!(!dir.path().join("db.compacting").exists());
+        assert_eq!(store.tree("global").unwrap().get(b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+        }
+        out
+    }
 
     #[test]
     fn reopening_keeps_flushed_data_and_second_open_is_refused() {

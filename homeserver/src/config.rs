@@ -26,6 +26,7 @@ pub struct Config {
     pub auth: Auth,
     pub rate_limits: RateLimits,
     pub limits: Limits,
+    pub storage: Storage,
     pub audit: Audit,
     pub admin: Admin,
     pub logging: Logging,
@@ -95,6 +96,13 @@ pub struct RateLimits {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub max_request_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// The database's page cache, in MiB.
+    pub cache_mib: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +233,9 @@ impl Config {
         let base = &self.well_known.client_base_url;
         if !(base.is_empty() || base.starts_with("https://") || base.starts_with("http://")) {
             return invalid("well_known.client_base_url", "must be an http(s) URL".into());
+        }
+        if !(1..=1024 * 1024).contains(&self.storage.cache_mib) {
+            return invalid("storage.cache_mib", "must be between 1 and 1048576".into());
         }
         if self.auth.lockout_threshold == 0 {
             return invalid("auth.lockout_threshold", "must be at least 1".into());

@@ -40,7 +40,7 @@ pub fn open_services(config: Arc<Config>, mode: Open) -> anyhow::Result<Arc<Serv
     }
     create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let store = SledStore::open(&db_path).map_err(|e| match e {
+    let store = SledStore::open_with_cache(&db_path, config.storage.cache_mib * 1024 * 1024).map_err(|e| match e {
         StorageError::Locked => anyhow::Error::new(DatabaseInUse(config.data_dir.display().to_string())),
         e => anyhow::anyhow!("cannot open the database: {e}"),
     })?;

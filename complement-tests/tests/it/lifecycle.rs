@@ -116,6 +116,13 @@ fn invalid_configuration_fails_naming_the_option() {
     let out = run(&[("HEARTH_REGISTRATION__ENABLED", "perhaps")]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("enabled"));
+    let out = run(&[("HEARTH_STORAGE__CACHE_MIB", "0")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("storage.cache_mib"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "[listen]\nhttps = \"127.0.0.1:0\"\nmystery = 1\n").unwrap();

@@ -62,10 +62,16 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens (creating if needed) the database in `path`, with every declared tree.
+    /// Opens (creating if needed) the database in `path`, with every declared
+    /// tree and the default page cache.
     pub fn open(path: &Path) -> StorageResult<Self> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the database with a page cache of `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> StorageResult<Self> {
         finish_compaction(path)?;
-        let db = open_sled(path)?;
+        let db = open_sled(path, cache_bytes)?;
         let mut trees = HashMap::new();
         for t in trees::ALL {
             trees.insert(t.name, db.open_tree(t.name).map_err(backend)?);
@@ -78,18 +84,17 @@ impl SledStore {
     }
 }
 
-fn open_sled(path: &Path) -> StorageResult<sled::Db> {
-    sled::Config::new()
-        .path(path)
-        .mode(sled::Mode::HighThroughput)
-        // sled caches up to 1 GiB by default; a smaller page cache keeps memory use modest.
-        .cache_capacity(64 * 1024 * 1024)
-        .open()
-        .map_err(|e| match &e {
+/// The page cache when none is configured (sled's own default is 1 GiB).
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+fn open_sled(path: &Path, cache_bytes: u64) -> StorageResult<sled::Db> {
+    sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(cache_bytes).open().map_err(|e| {
+        match &e {
             // sled reports a held file lock as an I/O error with this message.
             sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => StorageError::Locked,
             _ => backend(e),
-        })
+        }
+    })
 }
 
 /// Marks a finished copy in the compaction directory.
@@ -119,9 +124,9 @@ pub fn compact(path: &Path) -> StorageResult<(u64, u64)> {
     }
     let before;
     {
-        let old = open_sled(path)?;
+        let old = open_sled(path, DEFAULT_CACHE_BYTES)?;
         before = old.size_on_disk().map_err(backend)?;
-        let new = open_sled(&tmp)?;
+        let new = open_sled(&tmp, DEFAULT_CACHE_BYTES)?;
         new.import(old.export());
         new.flush().map_err(backend)?;
     }
@@ -129,7 +134,7 @@ pub fn compact(path: &Path) -> StorageResult<(u64, u64)> {
     let marker = tmp.join(COMPACTED_MARKER);
     std::fs::File::create(&marker).and_then(|f| f.sync_all()).map_err(io)?;
     finish_compaction(path)?;
-    let after = open_sled(path)?.size_on_disk().map_err(backend)?;
+    let after = open_sled(path, DEFAULT_CACHE_BYTES)?.size_on_disk().map_err(backend)?;
     Ok((before, after))
 }
 

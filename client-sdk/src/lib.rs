@@ -5,6 +5,7 @@
 //! device identity: the Olm account and the signed device keys a client
 //! publishes.
 
+pub mod crypto;
 pub mod device;
 
 pub use device::{DeviceIdentity, DeviceKeysError};

@@ -209,6 +209,17 @@ impl World {
     fn members(&self) -> Vec<OwnedUserId> {
         vec![self.alice.user_id().to_owned(), self.bob.user_id().to_owned(), self.carol.user_id().to_owned()]
     }
+
+    /// Alice shares a room key for `!room:example.org` with every member and
+    /// Bob receives it; returns the room, the members and Alice's user ID.
+    fn share_room_with_bob(&mut self) -> (&'static RoomId, Vec<OwnedUserId>, OwnedUserId) {
+        let room = room_id!("!room:example.org");
+        let members = self.members();
+        let alice_id = self.alice.user_id().to_owned();
+        share(&mut self.server, &mut self.alice, room, &members);
+        self.server.sync(&mut self.bob);
+        (room, members, alice_id)
+    }
 }
 
 #[test]
@@ -537,11 +548,7 @@ fn the_room_key_rotates_when_a_device_disappears() {
 #[test]
 fn a_message_index_seen_again_with_another_event_id_is_a_replay() {
     let mut w = World::new();
-    let room = room_id!("!room:example.org");
-    let members = w.members();
-    let alice_id = w.alice.user_id().to_owned();
-    share(&mut w.server, &mut w.alice, room, &members);
-    w.server.sync(&mut w.bob);
+    let (room, members, alice_id) = w.share_room_with_bob();
 
     let encrypted = w.alice.encrypt_room_event(room, "m.room.message", &json!({ "body": "once" }), &members).unwrap();
     let original = room_event(&encrypted, "$original", &alice_id);
@@ -563,11 +570,7 @@ fn a_message_index_seen_again_with_another_event_id_is_a_replay() {
 #[test]
 fn tampered_ciphertext_is_rejected() {
     let mut w = World::new();
-    let room = room_id!("!room:example.org");
-    let members = w.members();
-    let alice_id = w.alice.user_id().to_owned();
-    share(&mut w.server, &mut w.alice, room, &members);
-    w.server.sync(&mut w.bob);
+    let (room, members, alice_id) = w.share_room_with_bob();
 
     let encrypted = w.alice.encrypt_room_event(room, "m.room.message", &json!({ "body": "intact" }), &members).unwrap();
     let ciphertext = encrypted["ciphertext"].as_str().unwrap();

@@ -34,6 +34,13 @@ pub(crate) async fn sdk_login(s: &Server, user: &str, password: &str) -> Client 
     client
 }
 
+/// Registers alice and bob and logs each in with matrix-sdk (keys uploaded).
+async fn alice_and_bob(s: &Server) -> (Client, Client) {
+    s.register("alice", "alice pw 1").await;
+    s.register("bob", "bob pw 1").await;
+    (sdk_login(s, "alice", "alice pw 1").await, sdk_login(s, "bob", "bob pw 1").await)
+}
+
 pub(crate) async fn sync(client: &Client) {
     client.sync_once(SyncSettings::default().timeout(Duration::from_millis(200))).await.expect("sync");
 }
@@ -104,10 +111,7 @@ fn marker() -> String {
 #[tokio::test]
 async fn matrix_sdk_encrypted_chat_devices_and_blind_server() {
     let mut s = Server::start().await;
-    s.register("alice", "alice pw 1").await;
-    s.register("bob", "bob pw 1").await;
-    let alice = sdk_login(&s, "alice", "alice pw 1").await;
-    let bob = sdk_login(&s, "bob", "bob pw 1").await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let alice_id = alice.user_id().unwrap().to_owned();
     let bob_id = bob.user_id().unwrap().to_owned();
     let mark = marker();
@@ -198,10 +202,7 @@ async fn matrix_sdk_encrypted_chat_devices_and_blind_server() {
 #[tokio::test]
 async fn matrix_sdk_cross_signing_backup_and_recovery() {
     let mut s = Server::start().await;
-    s.register("alice", "alice pw 1").await;
-    s.register("bob", "bob pw 1").await;
-    let alice = sdk_login(&s, "alice", "alice pw 1").await;
-    let bob = sdk_login(&s, "bob", "bob pw 1").await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let alice_id = alice.user_id().unwrap().to_owned();
 
     // First bootstrap: no interactive auth needed (no keys yet).

@@ -365,10 +365,7 @@ impl CryptoMachine {
         event_type: &str,
         content: &Value,
     ) -> Result<OutgoingRequest, CryptoError> {
-        let device = self.devices.get(user_id, device_id).cloned().ok_or_else(|| CryptoError::UnknownDevice {
-            user_id: user_id.to_owned(),
-            device_id: device_id.to_owned(),
-        })?;
+        let device = self.known_device(user_id, device_id)?;
         let encrypted = self.olm_encrypt_for(&device, event_type, content)?;
         let messages = vec![((device.user_id, device.device_id), encrypted)];
         Ok(self.queue_to_device(messages, PendingKind::ToDevice))
@@ -1057,6 +1054,14 @@ impl CryptoMachine {
         self.clock_ms = Some(now_ms);
     }
 
+    /// A tracked device, or [`CryptoError::UnknownDevice`].
+    fn known_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<TrackedDevice, CryptoError> {
+        self.devices
+            .get(user_id, device_id)
+            .cloned()
+            .ok_or_else(|| CryptoError::UnknownDevice { user_id: user_id.to_owned(), device_id: device_id.to_owned() })
+    }
+
     /// Olm-encrypts an arbitrary payload for a device, to test the checks a
     /// receiver makes.
     #[cfg(test)]
@@ -1066,10 +1071,7 @@ impl CryptoMachine {
         device_id: &DeviceId,
         payload: &Value,
     ) -> Result<OutgoingRequest, CryptoError> {
-        let device = self.devices.get(user_id, device_id).cloned().ok_or_else(|| CryptoError::UnknownDevice {
-            user_id: user_id.to_owned(),
-            device_id: device_id.to_owned(),
-        })?;
+        let device = self.known_device(user_id, device_id)?;
         let encrypted = self.olm_encrypt_payload(&device, payload)?;
         let messages = vec![((device.user_id, device.device_id), encrypted)];
         Ok(self.queue_to_device(messages, PendingKind::ToDevice))

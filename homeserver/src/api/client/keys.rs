@@ -128,6 +128,20 @@ fn stored_algorithm(v: &Value) -> Result<Raw<ruma::api::client::backup::BackupAl
     Ok(Raw::from_json(serde_json::value::to_raw_value(v).map_err(Error::internal)?))
 }
 
+/// What both backup-info endpoints answer: algorithm, count, etag and version.
+fn backup_info(
+    s: &Services,
+    user_id: &ruma::UserId,
+    (version, record): (u64, crate::service::backup::BackupVersion),
+) -> Result<(Raw<ruma::api::client::backup::BackupAlgorithm>, ruma::UInt, String, String)> {
+    Ok((
+        stored_algorithm(&record.algorithm)?,
+        s.backup_count(user_id, version)?,
+        record.etag.to_string(),
+        version.to_string(),
+    ))
+}
+
 fn sessions_value(
     rooms: impl IntoIterator<Item = (OwnedRoomId, BTreeMap<String, Value>)>,
 ) -> BTreeMap<OwnedRoomId, BTreeMap<String, Value>> {
@@ -171,13 +185,9 @@ pub async fn get_latest_backup_info_route(
     body: Ruma<get_latest_backup_info::v3::Request>,
 ) -> Result<get_latest_backup_info::v3::Response> {
     let user_id = body.user()?;
-    let (version, record) = s.current_backup(user_id)?.ok_or_else(|| err!(NotFound, "No current backup version"))?;
-    Ok(get_latest_backup_info::v3::Response::new(
-        stored_algorithm(&record.algorithm)?,
-        s.backup_count(user_id, version)?,
-        record.etag.to_string(),
-        version.to_string(),
-    ))
+    let found = s.current_backup(user_id)?.ok_or_else(|| err!(NotFound, "No current backup version"))?;
+    let (algorithm, count, etag, version) = backup_info(&s, user_id, found)?;
+    Ok(get_latest_backup_info::v3::Response::new(algorithm, count, etag, version))
 }
 
 /// `GET /_matrix/client/v3/room_keys/version/{version}`
@@ -186,13 +196,9 @@ pub async fn get_backup_info_route(
     body: Ruma<get_backup_info::v3::Request>,
 ) -> Result<get_backup_info::v3::Response> {
     let user_id = body.user()?;
-    let (version, record) = s.backup_version(user_id, &body.body.version)?;
-    Ok(get_backup_info::v3::Response::new(
-        stored_algorithm(&record.algorithm)?,
-        s.backup_count(user_id, version)?,
-        record.etag.to_string(),
-        version.to_string(),
-    ))
+    let found = s.backup_version(user_id, &body.body.version)?;
+    let (algorithm, count, etag, version) = backup_info(&s, user_id, found)?;
+    Ok(get_backup_info::v3::Response::new(algorithm, count, etag, version))
 }
 
 /// `DELETE /_matrix/client/v3/room_keys/version/{version}`

@@ -6,6 +6,7 @@ use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use vodozemac::Curve25519PublicKey;
 use vodozemac::Curve25519SecretKey;
@@ -65,6 +66,7 @@ struct PendingRequest {
 
 /// A decrypted Olm payload from a device that was not known when it
 /// arrived.
+#[derive(Serialize, Deserialize)]
 struct DeferredEvent {
     sender: OwnedUserId,
     sender_key: String,
@@ -110,9 +112,14 @@ enum Accepted {
 ///
 /// Every request has an ID; a request stays pending until the caller marks
 /// it sent (with the response body) or failed.
+///
+/// [`pickle`](Self::pickle) turns the whole state, private keys included,
+/// into bytes for an encrypted store; requests still pending are not kept.
+#[derive(Serialize, Deserialize)]
 pub struct CryptoMachine {
     user_id: OwnedUserId,
     device_id: OwnedDeviceId,
+    #[serde(with = "super::pickle::account")]
     account: Account,
     device_keys_uploaded: bool,
     /// The server's count of our `signed_curve25519` keys, once known.
@@ -123,13 +130,20 @@ pub struct CryptoMachine {
     outbound: BTreeMap<OwnedRoomId, OutboundGroup>,
     inbound: InboundStore,
     room_settings: BTreeMap<OwnedRoomId, RoomSettings>,
+    #[serde(skip)]
     pending: BTreeMap<String, PendingRequest>,
     /// Devices a claim found no key for, and when.
+    #[serde(with = "super::pickle::pairs")]
     unreachable: BTreeMap<UserDevice, u64>,
     deferred_events: Vec<DeferredEvent>,
+    /// A new prefix for every run, so request IDs (and to-device
+    /// transaction IDs) are never reused after a restore.
+    #[serde(skip, default = "random_prefix")]
     request_prefix: String,
+    #[serde(skip)]
     request_counter: u64,
     /// A fixed clock for tests; the system clock otherwise.
+    #[serde(skip)]
     clock_ms: Option<u64>,
 }
 
@@ -178,6 +192,20 @@ impl CryptoMachine {
             request_counter: 0,
             clock_ms: None,
         }
+    }
+
+    /// The machine's whole state as bytes, to be restored with
+    /// [`from_pickle`](Self::from_pickle). They contain the private keys in
+    /// the clear: write them only into an encrypted store such as
+    /// [`Store`](crate::store::Store). Requests still pending are not kept;
+    /// the restored machine hands out new ones where they are still needed.
+    pub fn pickle(&self) -> Result<Vec<u8>, CryptoError> {
+        Ok(serde_json::to_vec(self)?)
+    }
+
+    /// Restores a machine from [`pickle`](Self::pickle)'s bytes.
+    pub fn from_pickle(bytes: &[u8]) -> Result<Self, CryptoError> {
+        Ok(serde_json::from_slice(bytes)?)
     }
 
     /// The user this device belongs to.

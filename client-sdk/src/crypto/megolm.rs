@@ -51,7 +51,9 @@ impl RoomSettings {
 }
 
 /// This device's current outbound session in a room.
+#[derive(Serialize, Deserialize)]
 pub(crate) struct OutboundGroup {
+    #[serde(with = "super::pickle::group_session")]
     pub(crate) session: GroupSession,
     pub(crate) session_id: String,
     pub(crate) created_ms: u64,
@@ -103,7 +105,9 @@ impl OutboundGroup {
 
 /// A received Megolm session, with who shared it and which message indices
 /// were already decrypted (for replay detection).
+#[derive(Serialize, Deserialize)]
 pub(crate) struct InboundGroup {
+    #[serde(with = "super::pickle::inbound_group_session")]
     pub(crate) session: InboundGroupSession,
     /// The user who shared the room key over Olm.
     pub(crate) sender: OwnedUserId,
@@ -144,6 +148,27 @@ pub struct DecryptedRoomEvent {
 #[derive(Default)]
 pub(crate) struct InboundStore {
     rooms: BTreeMap<OwnedRoomId, BTreeMap<(String, String), InboundGroup>>,
+}
+
+/// One stored inbound session: room, (sender key, session ID), session.
+type InboundEntry = (OwnedRoomId, (String, String), InboundGroup);
+
+impl Serialize for InboundStore {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.rooms.iter().flat_map(|(room, sessions)| sessions.iter().map(move |(key, group)| (room, key, group))),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for InboundStore {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut store = Self::default();
+        for (room, key, group) in Vec::<InboundEntry>::deserialize(deserializer)? {
+            store.rooms.entry(room).or_default().insert(key, group);
+        }
+        Ok(store)
+    }
 }
 
 impl InboundStore {

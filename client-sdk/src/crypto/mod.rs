@@ -13,14 +13,16 @@
 //! spec's checks on the Olm payload. Megolm decryption detects replays and
 //! reports why an event could not be decrypted ([`DecryptionError`]).
 //!
-//! Not here yet: persistence (every vodozemac object the machine holds can
-//! be pickled), cross-signing, key backup and key requests.
+//! The whole machine can be pickled ([`CryptoMachine::pickle`]) for an
+//! encrypted store and restored. Not here yet: cross-signing, key backup and
+//! key requests.
 
 mod devices;
 mod error;
 mod machine;
 mod megolm;
 mod olm;
+mod pickle;
 mod requests;
 
 pub use devices::{RefusedDevice, TrackedDevice};

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use ruma::UserId;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vodozemac::Curve25519PublicKey;
 use vodozemac::olm::{Account, EncryptionError, OlmMessage, Session, SessionConfig};
@@ -17,13 +18,15 @@ const MAX_SESSIONS_PER_DEVICE: usize = 8;
 
 /// One Olm session and when it last received a message (its creation time
 /// until then).
+#[derive(Serialize, Deserialize)]
 struct SessionEntry {
+    #[serde(with = "super::pickle::session")]
     session: Session,
     last_received_ms: u64,
 }
 
 /// The Olm sessions of this device, by the peer's Curve25519 key.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub(crate) struct OlmSessions {
     by_key: BTreeMap<String, Vec<SessionEntry>>,
 }

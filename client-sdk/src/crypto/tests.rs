@@ -786,3 +786,43 @@ fn olm_payloads_with_a_wrong_recipient_recipient_key_sender_or_sender_key_are_re
     assert_eq!(outcome.to_device_events[0].content, json!({ "n": 1 }));
     assert_eq!(outcome.to_device_events[0].sender_device.as_deref(), Some(device_id!("ALICE")));
 }
+
+#[test]
+fn a_pickled_machine_keeps_its_identity_sessions_and_replay_history() {
+    let mut w = World::new();
+    let (room, members, alice_id) = w.share_room_with_bob();
+    let content = json!({ "msgtype": "m.text", "body": "before the restart" });
+    let encrypted = w.alice.encrypt_room_event(room, "m.room.message", &content, &members).unwrap();
+    let first = room_event(&encrypted, "$first", &alice_id);
+    w.bob.decrypt_room_event(room, &first).unwrap();
+
+    let ed25519 = w.bob.ed25519_key();
+    let bytes = w.bob.pickle().unwrap();
+    let mut bob = CryptoMachine::from_pickle(&bytes).unwrap();
+    assert_eq!(bob.ed25519_key(), ed25519);
+    assert_eq!(bob.curve25519_key(), w.bob.curve25519_key());
+    assert!(bob.has_olm_session(&alice_id, device_id!("ALICE")));
+    assert_eq!(bob.tracked_devices(&alice_id).len(), 1);
+
+    // The inbound session still decrypts, and still remembers which event
+    // used which message index.
+    assert_eq!(bob.decrypt_room_event(room, &first).unwrap().content, content);
+    let replay = room_event(&encrypted, "$replayed", &alice_id);
+    assert!(matches!(bob.decrypt_room_event(room, &replay), Err(DecryptionError::Replay { .. })));
+
+    // The restored Olm session and outbound state carry on: Bob shares his
+    // own room key with Alice over the session Alice started.
+    let sent = share(&mut w.server, &mut bob, room, &members);
+    assert!(!sent.is_empty());
+    let outcome = w.server.sync(&mut w.alice);
+    assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
+    assert_eq!(outcome.room_keys.len(), 1);
+
+    // A restored Alice keeps encrypting with the same outbound session.
+    let session_id = w.alice.outbound_session_id(room).unwrap().to_owned();
+    let mut alice = CryptoMachine::from_pickle(&w.alice.pickle().unwrap()).unwrap();
+    assert_eq!(alice.outbound_session_id(room), Some(session_id.as_str()));
+    let again = alice.encrypt_room_event(room, "m.room.message", &content, &members).unwrap();
+    let decrypted = bob.decrypt_room_event(room, &room_event(&again, "$second", &alice_id)).unwrap();
+    assert_eq!(decrypted.message_index, 1);
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ruma::api::Direction;
 use ruma::api::client::{
-    account::whoami, device::get_devices, membership::get_member_events, membership::invite_user,
+    account::whoami, alias::get_alias, device::get_devices, membership::get_member_events, membership::invite_user,
     membership::join_room_by_id_or_alias, membership::leave_room, message::get_message_events,
     message::send_message_event, profile::set_profile_field, room::create_room, session::login, session::logout,
     state::get_state_event_for_key, sync::sync_events,
@@ -439,6 +439,13 @@ impl Client {
                 room.membership = Membership::Leave;
             }
         })
+    }
+
+    /// The room ID an alias points to.
+    pub async fn resolve_alias(&self, alias: &str) -> Result<OwnedRoomId, ClientError> {
+        let alias = ruma::OwnedRoomAliasId::try_from(alias)
+            .map_err(|_| ClientError::Config(format!("`{alias}` is not a room alias")))?;
+        Ok(self.http.send(get_alias::v3::Request::new(alias)).await?.room_id)
     }
 
     /// The joined and invited members of a room, from the server.

@@ -26,34 +26,37 @@ pub fn use_binary(path: PathBuf) {
 /// Builds the `homeserver` binary once per test process (a no-op when it is
 /// up to date) and returns its path.
 pub fn homeserver_binary() -> &'static Path {
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("HEARTH_BIN") {
-            return PathBuf::from(p);
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "hearth-homeserver",
-                "--bin",
-                "homeserver",
-                "--message-format=json-render-diagnostics",
-            ])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(out.status.success(), "building the homeserver binary failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-            .find(|p| p.file_name().is_some_and(|n| n == "homeserver"))
-            .expect("cargo reported the homeserver executable")
+    BIN.get_or_init(|| match std::env::var("HEARTH_BIN") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => workspace_binary("hearth-homeserver", "homeserver"),
     })
 }
 
-/// A logged-in account.
+static CHAT_BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// The `chat` command-line client, built on first use.
+pub fn chat_binary() -> &'static Path {
+    CHAT_BIN.get_or_init(|| workspace_binary("hearth-client-sdk", "chat"))
+}
+
+/// Builds a binary of a workspace package (a no-op when it is up to date)
+/// and returns its path, as cargo reports it.
+fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "-p", package, "--bin", bin, "--message-format=json-render-diagnostics"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build");
+    assert!(out.status.success(), "building the {bin} binary failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .find(|p| p.file_name().is_some_and(|n| n == bin))
+        .unwrap_or_else(|| panic!("cargo reported no {bin} executable"))
+}
+
 #[derive(Debug, Clone)]
 pub struct Account {
     pub user_id: String,

@@ -347,7 +347,7 @@ fn new_session(dir: &Path, server: &ServerArgs) -> Result<Client, Failure> {
     restrict(dir)?;
     let config = Config {
         server: server.server.trim_end_matches('/').to_owned(),
-        ca_file: server.ca_file.as_ref().map(|p| std::path::absolute(p)).transpose()?,
+        ca_file: server.ca_file.as_ref().map(std::path::absolute).transpose()?,
         fingerprint: server.fingerprint.clone(),
     };
     let trust = config.trust()?;
@@ -396,11 +396,7 @@ fn ask(prompt: &str) -> Result<String, Failure> {
 
 /// Asks for a secret without echoing it on a terminal.
 fn ask_secret(prompt: &str) -> Result<String, Failure> {
-    if std::io::stdin().is_terminal() {
-        Ok(rpassword::prompt_password(prompt)?)
-    } else {
-        ask(prompt)
-    }
+    if std::io::stdin().is_terminal() { Ok(rpassword::prompt_password(prompt)?) } else { ask(prompt) }
 }
 
 async fn print_identity(client: &Client, what: &str) -> Result<(), Failure> {
@@ -424,8 +420,11 @@ async fn resolve_room(client: &Client, room: &str) -> Result<OwnedRoomId, Failur
             _ => e.into(),
         });
     }
-    let known: Vec<_> =
-        client.rooms().into_iter().filter(|r| r.membership != Membership::Leave && r.name.as_deref() == Some(room)).collect();
+    let known: Vec<_> = client
+        .rooms()
+        .into_iter()
+        .filter(|r| r.membership != Membership::Leave && r.name.as_deref() == Some(room))
+        .collect();
     match known.as_slice() {
         [one] => Ok(one.room_id.clone()),
         [] => Err(Failure(format!("unknown room `{room}`: give a room ID or alias, or see `chat rooms`"))),

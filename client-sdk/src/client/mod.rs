@@ -643,9 +643,9 @@ impl Client {
             timelines.push((room_id.clone(), events));
         }
         for (room_id, invited) in &response.rooms.invite {
+            let newly = rooms.get(room_id).is_none_or(|room| room.membership != Membership::Invite);
             let room =
                 rooms.entry(room_id.clone()).or_insert_with(|| RoomInfo::new(room_id.clone(), Membership::Invite));
-            let newly = room.membership != Membership::Invite;
             room.membership = Membership::Invite;
             for raw in &invited.invite_state.events {
                 let event = parse(raw.json().get())?;

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod admin_cli;
+mod client_sdk;
 mod devices;
 mod directory;
 mod discovery;

@@ -28,12 +28,13 @@ async fn main() -> Result<(), ClientError> {
     let client = Client::new(server, &trust, Store::open(store_dir.as_ref(), &passphrase)?)?;
     if !client.logged_in() {
         client.login(user, password).await?;
+        // A new device skips the history before it; a restarted one carries
+        // on from its stored sync token and answers what it missed.
+        client.sync_once(std::time::Duration::ZERO).await?;
     }
     let me = client.user_id()?;
     println!("echoing as {me} (device {})", client.device_id()?);
 
-    // Skip what happened before the bot started.
-    client.sync_once(std::time::Duration::ZERO).await?;
     loop {
         // `sync` long-polls, and retries with backoff while the server is
         // unreachable; events arrive decrypted.

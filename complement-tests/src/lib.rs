@@ -28,7 +28,7 @@ pub fn use_binary(path: PathBuf) {
 pub fn homeserver_binary() -> &'static Path {
     BIN.get_or_init(|| match std::env::var("HEARTH_BIN") {
         Ok(p) => PathBuf::from(p),
-        Err(_) => workspace_binary("hearth-homeserver", "homeserver"),
+        Err(_) => workspace_binary("hearth-homeserver", "--bin", "homeserver"),
     })
 }
 
@@ -36,15 +36,23 @@ static CHAT_BIN: OnceLock<PathBuf> = OnceLock::new();
 
 /// The `chat` command-line client, built on first use.
 pub fn chat_binary() -> &'static Path {
-    CHAT_BIN.get_or_init(|| workspace_binary("hearth-client-sdk", "chat"))
+    CHAT_BIN.get_or_init(|| workspace_binary("hearth-client-sdk", "--bin", "chat"))
 }
 
-/// Builds a binary of a workspace package (a no-op when it is up to date)
-/// and returns its path, as cargo reports it.
-fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+static ECHO_BOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// The client SDK's echo bot example, built on first use.
+pub fn echo_bot_binary() -> &'static Path {
+    ECHO_BOT.get_or_init(|| workspace_binary("hearth-client-sdk", "--example", "echo_bot"))
+}
+
+/// Builds a binary (`kind` is `--bin` or `--example`) of a workspace
+/// package (a no-op when it is up to date) and returns its path, as cargo
+/// reports it.
+fn workspace_binary(package: &str, kind: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["build", "-p", package, "--bin", bin, "--message-format=json-render-diagnostics"])
+        .args(["build", "-p", package, kind, bin, "--message-format=json-render-diagnostics"])
         .stderr(Stdio::inherit())
         .output()
         .expect("run cargo build");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use complement_tests::{Server, chat_binary, js::JsDriver};
+use complement_tests::{Server, chat_binary, echo_bot_binary, js::JsDriver};
 use hearth_client_sdk::ruma::{OwnedRoomId, RoomId};
 use hearth_client_sdk::{Client, Encryption, NewRoom, Registration, RoomEvent, Store, TlsTrust, pem_fingerprint};
 use matrix_sdk::ruma::api::client::room::create_room;
@@ -20,6 +20,7 @@ use crate::e2ee_sdk::{decrypted_body, sdk_login, send, sync};
 /// A Hearth client whose store is in `dir`, trusting the test server's
 /// self-signed certificate through a CA file.
 fn hearth_client(s: &Server, dir: &Path) -> Client {
+    std::fs::create_dir_all(dir).expect("client directory");
     let ca = dir.join("server.pem");
     std::fs::write(&ca, s.certificate_pem()).expect("write CA file");
     let store = Store::open(&dir.join("store"), "store passphrase").expect("store");
@@ -333,4 +334,55 @@ async fn chat_binary_register_create_invite_join_send_listen() {
     assert!(chat_ok(&a, &["logout"], "").contains("Logged out"));
     let err = chat_fails(&a, &["rooms"], "");
     assert!(err.contains("not logged in"), "{err}");
+}
+
+/// The SDK's echo bot example accepts an invitation to an encrypted room
+/// and answers each message, encrypted, and keeps its device across a
+/// restart.
+#[tokio::test]
+async fn echo_bot_example_answers_in_an_encrypted_room() {
+    use std::io::BufRead as _;
+
+    let s = Server::start().await;
+    let home = TempDir::new().unwrap();
+    let ca = home.path().join("server.pem");
+    std::fs::write(&ca, s.certificate_pem()).unwrap();
+    s.register("echo", "echo pw 1").await;
+    let alice = hearth_register(&s, &home.path().join("alice"), "alice").await;
+
+    /// Kills the bot when the test ends, passed or not.
+    struct Bot(std::process::Child);
+    impl Drop for Bot {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let start_bot = || {
+        let mut bot = Command::new(echo_bot_binary())
+            .args([&s.url, "echo", "echo pw 1", home.path().join("bot").to_str().unwrap(), "--ca-file"])
+            .arg(&ca)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the echo bot");
+        let mut line = String::new();
+        std::io::BufReader::new(bot.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("echoing as @echo:"), "{line}");
+        (Bot(bot), line)
+    };
+    let (bot, first) = start_bot();
+
+    let bot_id = first.split_whitespace().nth(2).unwrap().try_into().unwrap();
+    let room = alice.create_room(NewRoom { name: None, encrypted: true, invite: vec![bot_id] }).await.unwrap();
+    alice.send_text(&room, "ping").await.unwrap();
+    let echo = hearth_wait_for(&alice, &room, "echo: ping").await;
+    assert_decrypted(&echo);
+
+    // Restarted, the bot carries on with the same device and keys.
+    drop(bot);
+    let (_bot, again) = start_bot();
+    assert_eq!(first, again, "the bot logged in as a new device");
+    alice.send_text(&room, "ping again").await.unwrap();
+    assert_decrypted(&hearth_wait_for(&alice, &room, "echo: ping again").await);
 }

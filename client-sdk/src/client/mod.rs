@@ -50,8 +50,9 @@ const MAX_UNDECRYPTED: usize = 1000;
 const SYNC_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const SYNC_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// A logged-in session, kept (encrypted) in the store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A logged-in session, kept (encrypted) in the store. Its `Debug` output
+/// leaves the access token out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// The homeserver's base URL.
     pub homeserver: String,
@@ -64,8 +65,19 @@ pub struct Session {
     access_token: String,
 }
 
-/// What a new account is registered with.
-#[derive(Debug, Clone, Default)]
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("homeserver", &self.homeserver)
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a new account is registered with. Its `Debug` output leaves the
+/// password and the registration token out.
+#[derive(Clone, Default)]
 pub struct Registration {
     /// The localpart of the new user ID.
     pub username: String,
@@ -80,6 +92,17 @@ pub struct Registration {
     pub registration_token: Option<String>,
     /// The display name of this first device.
     pub device_display_name: Option<String>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("username", &self.username)
+            .field("display_name", &self.display_name)
+            .field("email", &self.email)
+            .field("device_display_name", &self.device_display_name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The options of a new room.
@@ -528,9 +551,14 @@ impl Client {
                     if requests.is_empty() {
                         break;
                     }
-                    let result = self.flush(machine, requests, &mut Collected::default()).await;
+                    let mut collected = Collected::default();
+                    let result = self.flush(machine, requests, &mut collected).await;
                     self.store.put_bytes(CRYPTO, &machine.pickle()?)?;
                     result?;
+                    for refused in &collected.outcome.refused_devices {
+                        tracing::warn!(user = %refused.user_id, device = %refused.device_id, reason = %refused.reason,
+                            "device refused; it gets no room key");
+                    }
                 }
                 let encrypted = machine.encrypt_room_event(room_id, event_type, &content, &members)?;
                 self.store.put_bytes(CRYPTO, &machine.pickle()?)?;
@@ -571,8 +599,7 @@ impl Client {
             }
         }
         self.store.put_bytes(CRYPTO, &machine.pickle()?)?;
-        let next = response.end.filter(|_| !events.is_empty() || limit == 0);
-        Ok(MessagesPage { events, next })
+        Ok(MessagesPage { events, next: response.end })
     }
 
     // ----- Sync -----
@@ -867,4 +894,28 @@ fn parse(json: &str) -> Result<Value, ClientError> {
 /// Percent-encodes a path segment.
 fn urlencode(segment: &str) -> String {
     percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let session = Session {
+            homeserver: "https://example.org".into(),
+            user_id: UserId::parse("@a:example.org").unwrap(),
+            device_id: "DEV".into(),
+            access_token: "secret-token".into(),
+        };
+        let registration = Registration {
+            username: "a".into(),
+            password: "secret-password".into(),
+            registration_token: Some("secret-reg".into()),
+            ..Registration::default()
+        };
+        let printed = format!("{session:?} {registration:?}");
+        assert!(printed.contains("@a:example.org") && printed.contains("DEV"), "{printed}");
+        assert!(!printed.contains("secret"), "{printed}");
+    }
 }

@@ -4,7 +4,7 @@
 //! other side that appears late. And the `chat` binary, driven as a user
 //! would drive it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use matrix_sdk::ruma::api::client::room::create_room;
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::e2ee_sdk::{decrypted_body, sdk_login, send, sync};
+use crate::e2ee_sdk::{decrypted_body, files, found_in, sdk_login, send, sync};
 
 /// A Hearth client whose store is in `dir`, trusting the test server's
 /// self-signed certificate through a CA file.
@@ -227,27 +227,6 @@ fn chat_fails(dir: &Path, args: &[&str], input: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Every file under `dir`, as bytes.
-fn file_contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                out.push((p, bytes));
-            }
-        }
-    }
-    out
-}
-
-fn contains(files: &[(PathBuf, Vec<u8>)], needle: &str) -> Option<PathBuf> {
-    files.iter().find(|(_, b)| b.windows(needle.len()).any(|w| w == needle.as_bytes())).map(|(p, _)| p.clone())
-}
-
 /// A user's session with `chat`: register (one user trusting the server by
 /// CA file, the other by certificate fingerprint), create an encrypted room,
 /// invite, join, send, listen; every command is a new process, so the
@@ -321,13 +300,13 @@ async fn chat_binary_register_create_invite_join_send_listen() {
     assert!(err.contains("no account"), "{err}");
 
     // Blind server, sealed client stores.
-    let server_files = file_contents(&s.data_dir());
-    assert_eq!(contains(&server_files, &secret_text), None, "plaintext on the server");
-    assert_eq!(contains(&server_files, "alice-password-1"), None, "password on the server");
-    let client_files = file_contents(&a);
-    assert!(client_files.iter().any(|(p, _)| p.ends_with("config.toml")), "{client_files:?}");
+    let server_files = files(&s.data_dir());
+    assert_eq!(found_in(&server_files, secret_text.as_bytes()), None, "plaintext on the server");
+    assert_eq!(found_in(&server_files, b"alice-password-1"), None, "password on the server");
+    let client_files = files(&a);
+    assert!(client_files.iter().any(|(p, _)| p.ends_with("config.toml")), "no config.toml");
     for needle in [secret_text.as_str(), "alice-password-1", "access_token", "signing_key", &alice_id] {
-        assert_eq!(contains(&client_files, needle), None, "{needle} in alice's chat directory");
+        assert_eq!(found_in(&client_files, needle.as_bytes()), None, "{needle} in alice's chat directory");
     }
 
     // Logging out deletes the device and the local session.

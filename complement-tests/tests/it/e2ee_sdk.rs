@@ -78,7 +78,7 @@ pub(crate) async fn send(room: &matrix_sdk::Room, body: &str) -> OwnedEventId {
 }
 
 /// Every file under `dir` (data, database and logs), as bytes.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -94,7 +94,7 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn found_in(files: &[(String, Vec<u8>)], needle: &[u8]) -> Option<String> {
+pub(crate) fn found_in(files: &[(String, Vec<u8>)], needle: &[u8]) -> Option<String> {
     files.iter().find(|(_, b)| b.windows(needle.len()).any(|w| w == needle)).map(|(p, _)| p.clone())
 }
 

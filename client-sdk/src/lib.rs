@@ -22,8 +22,8 @@ pub mod store;
 mod tls;
 
 pub use client::{
-    Client, DeviceInfo, Encryption, Membership, MessagesPage, NewRoom, Registration, RoomEvent, RoomInfo, Session,
-    SyncBatch,
+    Client, DeviceInfo, Encryption, LOGIN_PASSWORD_TOTP, Membership, MessagesPage, NewRoom, Registration, RoomEvent,
+    RoomInfo, Session, SyncBatch,
 };
 pub use device::{DeviceIdentity, DeviceKeysError};
 pub use error::ClientError;

@@ -28,6 +28,7 @@ pub struct Config {
     pub limits: Limits,
     pub storage: Storage,
     pub audit: Audit,
+    pub mfa: Mfa,
     pub admin: Admin,
     pub logging: Logging,
 }
@@ -109,6 +110,13 @@ pub struct Storage {
 #[serde(deny_unknown_fields)]
 pub struct Audit {
     pub path: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mfa {
+    /// The file holding the key that seals TOTP secrets; empty: data_dir/mfa.key.
+    pub key_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +288,10 @@ impl Config {
 
     pub fn audit_path(&self) -> PathBuf {
         if self.audit.path.is_empty() { self.data_dir.join("audit.log") } else { PathBuf::from(&self.audit.path) }
+    }
+
+    pub fn mfa_key_path(&self) -> PathBuf {
+        if self.mfa.key_file.is_empty() { self.data_dir.join("mfa.key") } else { PathBuf::from(&self.mfa.key_file) }
     }
 
     pub fn client_base_url(&self) -> String {

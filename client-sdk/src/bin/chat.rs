@@ -12,7 +12,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use hearth_client_sdk::ruma::{OwnedRoomId, RoomId, UserId};
 use hearth_client_sdk::{
-    Client, ClientError, Encryption, Membership, NewRoom, Registration, RoomEvent, Store, StoreError, TlsTrust,
+    Client, ClientError, Encryption, LOGIN_PASSWORD_TOTP, Membership, NewRoom, Registration, RoomEvent, Store,
+    StoreError, TlsTrust,
 };
 use serde::{Deserialize, Serialize};
 
@@ -192,10 +193,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Login { server, user } => {
             let client = new_session(&dir, &server)?;
             let password = ask_secret("Password: ")?;
-            client.login(&user, &password).await.map_err(|e| match e.errcode() {
-                Some("M_FORBIDDEN") => Failure("wrong username or password".to_owned()),
+            let wrong = |e: ClientError| match e.errcode() {
+                Some("M_FORBIDDEN") => Failure(format!("login refused: {}", error_message(&e))),
                 _ => e.into(),
-            })?;
+            };
+            match client.login(&user, &password).await {
+                // The account has a second factor: ask for the code.
+                Err(e) if e.errcode() == Some("M_FORBIDDEN") && error_message(&e).contains(LOGIN_PASSWORD_TOTP) => {
+                    let code = ask("Authentication code (or a recovery code): ")?;
+                    client.login_with_code(&user, &password, code.trim()).await.map_err(wrong)?;
+                }
+                Err(e) if e.errcode() == Some("M_FORBIDDEN") => {
+                    return Err(Failure("wrong username or password".to_owned()));
+                }
+                other => other?,
+            }
             print_identity(&client, "Logged in as").await
         }
         Command::Logout => {

@@ -36,6 +36,9 @@ use crate::store::Store;
 use crate::tls::TlsTrust;
 use http::{Http, UiaSecrets};
 
+/// Hearth's login type for accounts with a second factor.
+pub const LOGIN_PASSWORD_TOTP: &str = "org.hearth.login.password_totp";
+
 /// Store value names.
 const SESSION: &str = "session";
 const CRYPTO: &str = "crypto";
@@ -307,6 +310,25 @@ impl Client {
         request.initial_device_display_name = Some("hearth client".to_owned());
         let response = self.http.send(request).await?;
         self.start_session(response.user_id, response.device_id, response.access_token).await
+    }
+
+    /// Logs in to an account with a second factor, with the password and a
+    /// current TOTP code (or a recovery code), through Hearth's
+    /// `org.hearth.login.password_totp` login type.
+    pub async fn login_with_code(&self, user: &str, password: &str, code: &str) -> Result<(), ClientError> {
+        let body = json!({
+            "type": LOGIN_PASSWORD_TOTP,
+            "identifier": { "type": "m.id.user", "user": user },
+            "password": password,
+            "code": code,
+            "initial_device_display_name": "hearth client",
+        });
+        let answer = self.http.raw("POST", "/_matrix/client/v3/login", Some(&body)).await?;
+        let field = |name: &str| {
+            answer[name].as_str().map(str::to_owned).ok_or_else(|| ClientError::Response(format!("login: no {name}")))
+        };
+        let user_id = UserId::parse(field("user_id")?).map_err(|e| ClientError::Response(e.to_string()))?;
+        self.start_session(user_id, field("device_id")?.into(), field("access_token")?).await
     }
 
     async fn start_session(

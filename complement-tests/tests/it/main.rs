@@ -14,6 +14,7 @@ mod keys;
 mod lifecycle;
 mod login;
 mod matrix_sdk_client;
+mod mfa;
 mod profile;
 mod push;
 mod register;

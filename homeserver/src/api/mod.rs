@@ -203,6 +203,50 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
     })
 }
 
+/// The client address of a request, as the listener determined it.
+fn remote_ip(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+/// A request body that must be a JSON object.
+fn json_object(bytes: &[u8]) -> Result<serde_json::Value> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|_| crate::err!(NotJson, "Request body is not valid JSON"))?;
+    if !value.is_object() {
+        return Err(crate::err!(BadJson, "Request body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// An authenticated request to a vendor-prefixed JSON endpoint (one ruma
+/// has no type for).
+pub struct VendorRequest {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    /// The body (an empty object when there is none).
+    pub json: serde_json::Value,
+    pub remote: IpAddr,
+}
+
+impl VendorRequest {
+    /// Reads, limits and authenticates the request (an access token is
+    /// required).
+    pub async fn read(services: &Services, request: Request) -> Result<Self> {
+        let remote = remote_ip(&request);
+        let (parts, body) = request.into_parts();
+        let bytes = read_body(body, services.config.limits.max_request_bytes).await?;
+        let (user_id, device_id) = authenticate(services, TokenNeed::Required, &parts, remote)?
+            .ok_or_else(|| crate::err!(MissingToken, "Missing access token"))?;
+        let json = if bytes.is_empty() { serde_json::json!({}) } else { json_object(&bytes)? };
+        Ok(Self { user_id, device_id, json, remote })
+    }
+}
+
 /// Parses, authenticates and dispatches one request.
 async fn dispatch<Req, H, Fut>(
     services: Arc<Services>,
@@ -216,28 +260,14 @@ where
     H: FnOnce(Arc<Services>, Ruma<Req>) -> Fut,
     Fut: Future<Output = Result<Req::OutgoingResponse>>,
 {
-    let remote = request
-        .extensions()
-        .get::<ClientIp>()
-        .map(|c| c.0)
-        .or_else(|| request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let remote = remote_ip(&request);
     let (parts, body) = request.into_parts();
     let query = parts.uri.query().unwrap_or_default().to_owned();
     let bytes = read_body(body, services.config.limits.max_request_bytes).await?;
     let auth = authenticate(&services, <Req::Authentication as AuthDispatch>::NEEDS_TOKEN, &parts, remote)?;
 
     let has_body = !bytes.is_empty() && !matches!(parts.method, Method::GET | Method::HEAD);
-    let json = if has_body {
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| crate::err!(NotJson, "Request body is not valid JSON"))?;
-        if !value.is_object() {
-            return Err(crate::err!(BadJson, "Request body must be a JSON object"));
-        }
-        Some(value)
-    } else {
-        None
-    };
+    let json = if has_body { Some(json_object(&bytes)?) } else { None };
     let body_slice: &[u8] = if has_body { &bytes } else { b"" };
     let http_request = http::Request::from_parts(parts, body_slice);
     let args: Vec<&str> = path_args.iter().map(String::as_str).collect();

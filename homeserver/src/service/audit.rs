@@ -18,6 +18,8 @@ pub enum AuditKind {
     ExpiredToken,
     AccountLocked,
     UiaPasswordFailed,
+    MfaFailed,
+    RecoveryCodeUsed,
 }
 
 impl AuditKind {
@@ -28,6 +30,8 @@ impl AuditKind {
             Self::ExpiredToken => "expired_token",
             Self::AccountLocked => "account_locked",
             Self::UiaPasswordFailed => "uia_password_failed",
+            Self::MfaFailed => "mfa_failed",
+            Self::RecoveryCodeUsed => "recovery_code_used",
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod directory;
 pub mod keys;
 pub mod lockout;
 pub mod locks;
+pub mod mfa;
 pub mod password_auth;
 pub mod pushrules;
 pub mod ratelimit;
@@ -31,6 +32,7 @@ pub struct Services {
     pub users: users::Service,
     pub sessions: sessions::Service,
     pub lockout: lockout::Service,
+    pub mfa: mfa::Service,
     pub uiaa: uiaa::Service,
     pub ratelimit: ratelimit::Service,
     pub audit: audit::Service,
@@ -53,6 +55,7 @@ impl Services {
             users: users::Service::new(config.clone(), db.clone()),
             sessions: sessions::Service::new(config.clone(), db.clone(), locks.clone()),
             lockout: lockout::Service::new(config.clone(), db.clone(), locks.clone()),
+            mfa: mfa::Service::new(&config, db.clone(), locks.clone())?,
             locks,
             typing: receipts::Typing::new(),
             unread_memo: Default::default(),

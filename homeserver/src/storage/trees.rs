@@ -29,6 +29,8 @@ pub const TOKENHASH_SESSION: &str = "tokenhash_session";
 pub const REFRESHHASH_SESSION: &str = "refreshhash_session";
 /// `user_id` → failed-login state (consecutive failures, locked-until time).
 pub const USERID_LOGINFAILURES: &str = "userid_loginfailures";
+/// `user_id` → the TOTP record, sealed with the MFA key.
+pub const USERID_TOTP: &str = "userid_totp";
 
 /// Event ID → the signed PDU as canonical JSON (after redaction, the redacted form).
 pub const EVENTID_PDU: &str = "eventid_pdu";
@@ -107,6 +109,10 @@ pub const ALL: &[TreeDef] = &[
     TreeDef { name: TOKENHASH_SESSION, layout: "sha256(access_token) → {user_id, device_id, expires_at?}" },
     TreeDef { name: REFRESHHASH_SESSION, layout: "sha256(refresh_token) → {user_id, device_id}" },
     TreeDef { name: USERID_LOGINFAILURES, layout: "user_id → {failures, locked_until?}" },
+    TreeDef {
+        name: USERID_TOTP,
+        layout: "user_id → nonce ‖ XChaCha20-Poly1305({secret, active, last_step, recovery hashes})",
+    },
     TreeDef { name: EVENTID_PDU, layout: "event_id → signed PDU (canonical JSON)" },
     TreeDef { name: EVENTID_INFO, layout: "event_id → {room_id, stream, state_before, state_after}" },
     TreeDef { name: ROOMSTREAM_EVENTID, layout: "room_id SEP stream (u64 BE) → event_id" },

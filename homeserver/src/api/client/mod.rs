@@ -9,6 +9,7 @@ mod discovery;
 mod keys;
 mod membership;
 mod message;
+mod mfa;
 mod profile;
 mod push;
 mod receipt;
@@ -25,7 +26,7 @@ use super::{AppState, RumaRouter};
 
 /// Registers every client-server endpoint.
 pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
-    router
+    mfa::routes(router)
         .ruma_route::<c::discovery::get_supported_versions::Request, _, _>(discovery::get_supported_versions_route)
         .ruma_route::<c::discovery::discover_homeserver::Request, _, _>(discovery::discover_homeserver_route)
         .ruma_route::<ruma::api::federation::discovery::discover_homeserver::Request, _, _>(

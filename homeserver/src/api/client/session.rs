@@ -9,6 +9,7 @@ use ruma::api::client::{
     uiaa::UserIdentifier,
 };
 
+use super::mfa as mfa_api;
 use crate::{
     api::Ruma,
     err,
@@ -19,7 +20,9 @@ use crate::{
 
 /// `GET /_matrix/client/v3/login`
 pub async fn get_login_types_route(_: Arc<Services>, _: Ruma<login_types::Request>) -> Result<login_types::Response> {
-    Ok(login_types::Response::new(vec![LoginType::Password(PasswordLoginType::new())]))
+    let password_totp = LoginType::new(mfa_api::LOGIN_PASSWORD_TOTP, serde_json::Map::new())
+        .map_err(|e| Error::internal(format!("login type: {e}")))?;
+    Ok(login_types::Response::new(vec![LoginType::Password(PasswordLoginType::new()), password_totp]))
 }
 
 /// `POST /_matrix/client/v3/login`
@@ -27,19 +30,27 @@ pub async fn login_route(s: Arc<Services>, body: Ruma<login::Request>) -> Result
     let remote = body.remote_str();
     s.ratelimit.check(Action::Login, &remote)?;
     let req = &body.body;
-    let LoginInfo::Password(info) = &req.login_info else {
-        return Err(Error::with_status(
-            ErrorKind::Unknown,
-            http::StatusCode::BAD_REQUEST,
-            format!("Unsupported login type {:?}", req.login_info.login_type()),
-        ));
-    };
-    #[allow(deprecated)]
-    let user = match (&info.identifier, &info.user) {
-        (Some(UserIdentifier::Matrix(m)), _) => m.user.clone(),
-        (None, Some(user)) => user.clone(),
-        (Some(_), _) => return Err(err!(InvalidParam, "Only m.id.user identifiers are supported")),
-        (None, None) => return Err(err!(MissingParam, "An identifier is required")),
+    let (user, password, code) = match &req.login_info {
+        LoginInfo::Password(info) => {
+            #[allow(deprecated)]
+            let user = match (&info.identifier, &info.user) {
+                (Some(UserIdentifier::Matrix(m)), _) => m.user.clone(),
+                (None, Some(user)) => user.clone(),
+                (Some(_), _) => return Err(err!(InvalidParam, "Only m.id.user identifiers are supported")),
+                (None, None) => return Err(err!(MissingParam, "An identifier is required")),
+            };
+            (user, info.password.clone(), None)
+        }
+        _ if req.login_info.login_type() == mfa_api::LOGIN_PASSWORD_TOTP => {
+            mfa_api::password_totp_fields(body.json.as_ref())?
+        }
+        _ => {
+            return Err(Error::with_status(
+                ErrorKind::Unknown,
+                http::StatusCode::BAD_REQUEST,
+                format!("Unsupported login type {:?}", req.login_info.login_type()),
+            ));
+        }
     };
     let user_id = match s.users.resolve_login_user(&user) {
         Ok(id) => id,
@@ -48,7 +59,19 @@ pub async fn login_route(s: Arc<Services>, body: Ruma<login::Request>) -> Result
             return Err(e);
         }
     };
-    password_auth::verify(&s, &user_id, info.password.clone(), &remote, AuditKind::LoginFailed).await?;
+    password_auth::verify(&s, &user_id, password, &remote, AuditKind::LoginFailed).await?;
+    if s.mfa.is_enabled(&user_id)? {
+        let Some(code) = code else {
+            s.audit.record(AuditKind::MfaFailed, Some(user_id.as_str()), &remote, "second factor missing");
+            return Err(err!(
+                Forbidden,
+                "This account has a second factor. Sign in through the browser (single sign-on) login of your \
+                 client, or use the {} login type with the code",
+                mfa_api::LOGIN_PASSWORD_TOTP
+            ));
+        };
+        password_auth::verify_code(&s, &user_id, &code, &remote, AuditKind::MfaFailed).await?;
+    }
 
     let issued = s
         .sessions

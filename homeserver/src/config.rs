@@ -29,6 +29,7 @@ pub struct Config {
     pub storage: Storage,
     pub audit: Audit,
     pub mfa: Mfa,
+    pub sso: Sso,
     pub admin: Admin,
     pub logging: Logging,
 }
@@ -110,6 +111,13 @@ pub struct Storage {
 #[serde(deny_unknown_fields)]
 pub struct Audit {
     pub path: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sso {
+    /// URL prefixes the browser sign-in may send a login token to.
+    pub redirect_allowlist: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,7 +7,8 @@ async fn test_login_get_login_yields_password_flow() {
     let s = Server::start().await;
     let (status, body) = s.get("/_matrix/client/v3/login", None).await;
     assert_eq!(status, 200);
-    assert_eq!(body["flows"], json!([{ "type": "m.login.password" }]));
+    let types: Vec<&str> = body["flows"].as_array().unwrap().iter().filter_map(|f| f["type"].as_str()).collect();
+    assert_eq!(types, ["m.login.password", "m.login.sso", "m.login.token", "org.hearth.login.password_totp"]);
 }
 
 /// Complement: TestLogin
@@ -75,6 +76,9 @@ async fn test_login_bad_credentials_are_forbidden() {
     assert_eq!(status, 403, "{body}");
     let (status, body) =
         s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.token", "token": "abc" })).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "unknown login token: {body}");
+    let (status, body) =
+        s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.unknown_type", "x": 1 })).await;
     assert_eq!(status, 400);
     assert_eq!(body["errcode"], "M_UNKNOWN");
 }

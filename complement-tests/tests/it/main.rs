@@ -21,4 +21,5 @@ mod register;
 mod room_extras;
 mod rooms;
 mod security;
+mod sso;
 mod sync;

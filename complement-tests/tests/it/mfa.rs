@@ -11,7 +11,7 @@ use totp_rs::{Algorithm, Builder, Secret};
 const TOTP: &str = "/_matrix/client/unstable/org.hearth.mfa/totp";
 
 /// The code an authenticator app shows `offset_secs` from now.
-fn code(secret: &str, offset_secs: u64) -> String {
+pub(crate) fn code(secret: &str, offset_secs: u64) -> String {
     let bytes = Secret::try_from_base32(secret).expect("base32 secret").as_bytes().to_vec();
     let totp = Builder::new()
         .with_algorithm(Algorithm::SHA1)
@@ -35,7 +35,7 @@ fn totp_login(user: &str, password: &str, code: &str) -> Value {
 
 /// Enrols `user` (password `password`) and returns the secret and the
 /// recovery codes.
-async fn enrol(s: &Server, token: &str, user_id: &str, password: &str) -> (String, Vec<String>) {
+pub(crate) async fn enrol(s: &Server, token: &str, user_id: &str, password: &str) -> (String, Vec<String>) {
     let (status, uia) = s.post(&format!("{TOTP}/enrol"), Some(token), json!({})).await;
     assert_eq!(status, 401, "{uia}");
     let auth = password_auth(user_id, password, uia["session"].as_str());

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod client;
+mod sso;
 
 use std::{
     future::Future,
@@ -204,7 +205,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
 }
 
 /// The client address of a request, as the listener determined it.
-fn remote_ip(request: &Request) -> IpAddr {
+pub(crate) fn remote_ip(request: &Request) -> IpAddr {
     request
         .extensions()
         .get::<ClientIp>()
@@ -414,7 +415,7 @@ fn cors() -> CorsLayer {
 
 /// The public router (client-server API), with fallbacks and CORS.
 pub fn router(services: Arc<Services>) -> Router {
-    client::routes(Router::new())
+    sso::routes(client::routes(Router::new()))
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors())

@@ -16,6 +16,7 @@ pub mod receipts;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
+pub mod sso;
 pub mod sync;
 pub mod to_device;
 pub mod uiaa;
@@ -33,6 +34,7 @@ pub struct Services {
     pub sessions: sessions::Service,
     pub lockout: lockout::Service,
     pub mfa: mfa::Service,
+    pub sso: sso::Service,
     pub uiaa: uiaa::Service,
     pub ratelimit: ratelimit::Service,
     pub audit: audit::Service,
@@ -56,6 +58,7 @@ impl Services {
             sessions: sessions::Service::new(config.clone(), db.clone(), locks.clone()),
             lockout: lockout::Service::new(config.clone(), db.clone(), locks.clone()),
             mfa: mfa::Service::new(&config, db.clone(), locks.clone())?,
+            sso: sso::Service::default(),
             locks,
             typing: receipts::Typing::new(),
             unread_memo: Default::default(),

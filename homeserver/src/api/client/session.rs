@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use ruma::api::client::{
     session::{
-        get_login_types::v3::{self as login_types, LoginType, PasswordLoginType},
+        get_login_types::v3::{self as login_types, LoginType, PasswordLoginType, SsoLoginType, TokenLoginType},
         login::v3::{self as login, DiscoveryInfo, HomeserverInfo, LoginInfo},
         logout, logout_all, refresh_token,
     },
@@ -22,7 +22,12 @@ use crate::{
 pub async fn get_login_types_route(_: Arc<Services>, _: Ruma<login_types::Request>) -> Result<login_types::Response> {
     let password_totp = LoginType::new(mfa_api::LOGIN_PASSWORD_TOTP, serde_json::Map::new())
         .map_err(|e| Error::internal(format!("login type: {e}")))?;
-    Ok(login_types::Response::new(vec![LoginType::Password(PasswordLoginType::new()), password_totp]))
+    Ok(login_types::Response::new(vec![
+        LoginType::Password(PasswordLoginType::new()),
+        LoginType::Sso(SsoLoginType::new()),
+        LoginType::Token(TokenLoginType::new()),
+        password_totp,
+    ]))
 }
 
 /// `POST /_matrix/client/v3/login`
@@ -40,6 +45,14 @@ pub async fn login_route(s: Arc<Services>, body: Ruma<login::Request>) -> Result
                 (None, None) => return Err(err!(MissingParam, "An identifier is required")),
             };
             (user, info.password.clone(), None)
+        }
+        LoginInfo::Token(t) => {
+            let Some(user_id) = s.sso.take_token(&t.token) else {
+                s.audit.record(AuditKind::LoginFailed, None, &remote, "invalid login token");
+                return Err(err!(Forbidden, "Invalid or expired login token"));
+            };
+            // The token was issued after every factor was checked.
+            return issue_login(&s, user_id, req, remote).await;
         }
         _ if req.login_info.login_type() == mfa_api::LOGIN_PASSWORD_TOTP => {
             mfa_api::password_totp_fields(body.json.as_ref())?
@@ -72,7 +85,16 @@ pub async fn login_route(s: Arc<Services>, body: Ruma<login::Request>) -> Result
         };
         password_auth::verify_code(&s, &user_id, &code, &remote, AuditKind::MfaFailed).await?;
     }
+    issue_login(&s, user_id, req, remote).await
+}
 
+/// Creates the session of a successful login.
+async fn issue_login(
+    s: &Arc<Services>,
+    user_id: ruma::OwnedUserId,
+    req: &login::Request,
+    remote: String,
+) -> Result<login::Response> {
     let issued = s
         .sessions
         .login(

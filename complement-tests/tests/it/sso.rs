@@ -1,0 +1,197 @@
+//! The browser sign-in behind `m.login.sso`: the test plays the browser,
+//! posting the server's forms with their CSRF cookie, following the
+//! redirect to the client, and exchanging the `loginToken` with
+//! `m.login.token`.
+
+use complement_tests::Server;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use serde_json::json;
+
+use crate::mfa::{code, enrol};
+
+const CALLBACK: &str = "http://localhost:38080/callback?state=abc";
+
+/// A browser without JavaScript: keeps the CSRF cookie, does not follow
+/// redirects (the test reads them).
+struct Browser {
+    http: reqwest::Client,
+    cookie: String,
+}
+
+/// The value of the hidden field `name` in a page.
+fn field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+}
+
+impl Browser {
+    fn new(s: &Server) -> Self {
+        let http = reqwest::Client::builder()
+            .tls_certs_only([s.certificate()])
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self { http, cookie: String::new() }
+    }
+
+    async fn get(&mut self, url: &str) -> (u16, String) {
+        let response = self.http.get(url).send().await.unwrap();
+        self.keep_cookie(&response);
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// Posts a form; returns the status, the Location header and the page.
+    async fn post(&mut self, url: &str, body: String) -> (u16, Option<String>, String) {
+        let response = self
+            .http
+            .post(url)
+            .header(COOKIE, self.cookie.clone())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        self.keep_cookie(&response);
+        let location = response.headers().get(LOCATION).map(|v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), location, response.text().await.unwrap())
+    }
+
+    fn keep_cookie(&mut self, response: &reqwest::Response) {
+        if let Some(set) = response.headers().get(SET_COOKIE) {
+            let set = set.to_str().unwrap();
+            assert!(set.contains("Secure") && set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+            self.cookie = set.split(';').next().unwrap().to_owned();
+        }
+    }
+}
+
+fn login_token(location: &str) -> String {
+    assert!(location.starts_with("http://localhost:38080/callback?state=abc&loginToken="), "{location}");
+    location.rsplit("loginToken=").next().unwrap().to_owned()
+}
+
+/// An account without a second factor signs in on the page and the client
+/// exchanges the token once; a form without its cookie, a wrong password
+/// and a redirect outside the allow-list are refused.
+#[tokio::test]
+async fn sso_sign_in_page_issues_a_single_use_login_token() {
+    let s = Server::start().await;
+    s.register("bob", "bob pw 1").await;
+    let (_, types) = s.get("/_matrix/client/v3/login", None).await;
+    let flows: Vec<&str> = types["flows"].as_array().unwrap().iter().filter_map(|f| f["type"].as_str()).collect();
+    assert!(flows.contains(&"m.login.sso") && flows.contains(&"m.login.token"), "{flows:?}");
+
+    let mut browser = Browser::new(&s);
+    let start = format!("{}/_matrix/client/v3/login/sso/redirect?redirectUrl={}", s.url, urlencode(CALLBACK));
+    let (status, page) = browser.get(&start).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("localhost"), "the page names where the user is sent: {page}");
+    let csrf = field(&page, "csrf");
+    let post = format!("{}/_hearth/sso/password", s.url);
+
+    // A form whose CSRF token does not match the cookie.
+    let (status, location, _) = browser
+        .post(
+            &post,
+            form(&[("csrf", "forged"), ("redirect_url", CALLBACK), ("username", "bob"), ("password", "bob pw 1")]),
+        )
+        .await;
+    assert_eq!((status, location), (403, None));
+
+    // The wrong password.
+    let (_, page) = browser.get(&start).await;
+    let csrf2 = field(&page, "csrf");
+    assert_ne!(csrf, csrf2);
+    let (status, location, page) = browser
+        .post(&post, form(&[("csrf", &csrf2), ("redirect_url", CALLBACK), ("username", "bob"), ("password", "nope")]))
+        .await;
+    assert_eq!((status, location), (403, None));
+    assert!(page.contains("Wrong username or password"), "{page}");
+
+    // The right one: back to the client with a token.
+    let csrf3 = field(&page, "csrf");
+    let (status, location, _) = browser
+        .post(
+            &post,
+            form(&[("csrf", &csrf3), ("redirect_url", CALLBACK), ("username", "bob"), ("password", "bob pw 1")]),
+        )
+        .await;
+    assert_eq!(status, 303);
+    let token = login_token(&location.unwrap());
+    let (status, body) =
+        s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.token", "token": token })).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["user_id"].as_str().unwrap().starts_with("@bob:"));
+    let (status, body) =
+        s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.token", "token": token })).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+
+    // Only allowed redirect targets get a page, let alone a token.
+    for bad in ["https://evil.example/steal", "javascript:alert(1)", "http://localhost.evil.example/"] {
+        let url = format!("{}/_matrix/client/v3/login/sso/redirect?redirectUrl={}", s.url, urlencode(bad));
+        let (status, page) = browser.get(&url).await;
+        assert_eq!(status, 400, "{bad}: {page}");
+        assert!(!page.contains("name=\"password\""), "{page}");
+    }
+    // Posting the form straight to a foreign address is refused too.
+    let (_, page) = browser.get(&start).await;
+    let csrf4 = field(&page, "csrf");
+    let evil = "https://evil.example/steal";
+    let (status, location, _) = browser
+        .post(&post, form(&[("csrf", &csrf4), ("redirect_url", evil), ("username", "bob"), ("password", "bob pw 1")]))
+        .await;
+    assert_eq!((status, location), (400, None));
+}
+
+/// An account with TOTP: the password page leads to the code page; a wrong
+/// code is refused; the right one sends the browser back with a token.
+#[tokio::test]
+async fn sso_sign_in_asks_for_the_second_factor() {
+    let s = Server::start().await;
+    let alice = s.register("alice", "alice pw 1").await;
+    let (secret, _) = enrol(&s, &alice.access_token, &alice.user_id, "alice pw 1").await;
+    let mut browser = Browser::new(&s);
+    let start = format!("{}/_matrix/client/v3/login/sso/redirect?redirectUrl={}", s.url, urlencode(CALLBACK));
+    let (_, page) = browser.get(&start).await;
+    let (status, location, page) = browser
+        .post(
+            &format!("{}/_hearth/sso/password", s.url),
+            form(&[
+                ("csrf", &field(&page, "csrf")),
+                ("redirect_url", CALLBACK),
+                ("username", "alice"),
+                ("password", "alice pw 1"),
+            ]),
+        )
+        .await;
+    assert_eq!((status, location), (200, None), "{page}");
+    let pending = field(&page, "pending");
+    let post = format!("{}/_hearth/sso/code", s.url);
+    let (status, location, page) =
+        browser.post(&post, form(&[("csrf", &field(&page, "csrf")), ("pending", &pending), ("code", "12345x")])).await;
+    assert_eq!((status, location), (403, None));
+    let (status, location, _) = browser
+        .post(&post, form(&[("csrf", &field(&page, "csrf")), ("pending", &pending), ("code", &code(&secret, 30))]))
+        .await;
+    assert_eq!(status, 303);
+    let token = login_token(&location.unwrap());
+    let (status, body) =
+        s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.token", "token": token })).await;
+    assert_eq!(status, 200, "{body}");
+    // The finished sign-in cannot be continued again.
+    let (_, page) = browser.get(&start).await;
+    let (status, _, _) = browser
+        .post(&post, form(&[("csrf", &field(&page, "csrf")), ("pending", &pending), ("code", &code(&secret, 30))]))
+        .await;
+    assert_eq!(status, 403);
+    assert!(s.audit_events().iter().any(|e| e["event"] == "mfa_failed" && e["user"] == alice.user_id.as_str()));
+}
+
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}

@@ -195,3 +195,54 @@ async fn sso_sign_in_asks_for_the_second_factor() {
 fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
+
+/// The real matrix-sdk completes `m.login.sso` against the server: it builds
+/// the SSO URL for its callback, the test plays the browser (password, then
+/// the code of an account with a second factor), and matrix-sdk logs in
+/// with the token from the callback and syncs.
+#[tokio::test]
+async fn matrix_sdk_completes_sso_login_with_a_second_factor() {
+    let s = Server::start().await;
+    let erin = s.register("erin", "erin pw 1").await;
+    let (secret, _) = enrol(&s, &erin.access_token, &erin.user_id, "erin pw 1").await;
+    let client = matrix_sdk::Client::builder()
+        .homeserver_url(&s.url)
+        .add_root_certificates(vec![s.certificate()])
+        .build()
+        .await
+        .unwrap();
+    let sso_url = client.matrix_auth().get_sso_login_url(CALLBACK, None).await.expect("SSO URL");
+
+    let mut browser = Browser::new(&s);
+    let (status, page) = browser.get(&sso_url).await;
+    assert_eq!(status, 200, "{sso_url}: {page}");
+    let (_, _, page) = browser
+        .post(
+            &format!("{}/_hearth/sso/password", s.url),
+            form(&[
+                ("csrf", &field(&page, "csrf")),
+                ("redirect_url", CALLBACK),
+                ("username", "erin"),
+                ("password", "erin pw 1"),
+            ]),
+        )
+        .await;
+    let (status, location, _) = browser
+        .post(
+            &format!("{}/_hearth/sso/code", s.url),
+            form(&[
+                ("csrf", &field(&page, "csrf")),
+                ("pending", &field(&page, "pending")),
+                ("code", &code(&secret, 30)),
+            ]),
+        )
+        .await;
+    assert_eq!(status, 303);
+    let token = login_token(&location.unwrap());
+    client.matrix_auth().login_token(&token).send().await.expect("matrix-sdk login with the token");
+    assert_eq!(client.user_id().unwrap().as_str(), erin.user_id);
+    client
+        .sync_once(matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::from_millis(200)))
+        .await
+        .expect("sync");
+}

@@ -76,10 +76,8 @@ async fn totp_enrolment_login_replay_recovery_codes_and_disable() {
     let (_, st) = s.get(TOTP, Some(&alice.access_token)).await;
     assert_eq!(st, json!({ "enabled": true, "pending": false, "recovery_codes_left": 10 }));
     // Enrolling again while enabled is refused.
-    let (_, uia) = s.post(&format!("{TOTP}/enrol"), Some(&alice.access_token), json!({})).await;
-    let auth = password_auth(&alice.user_id, "alice pw 1", uia["session"].as_str());
-    let (status, body) = s.post(&format!("{TOTP}/enrol"), Some(&alice.access_token), json!({ "auth": auth })).await;
-    assert_eq!(status, 403, "{body}");
+    let (status, body) = s.post(&format!("{TOTP}/enrol"), Some(&alice.access_token), json!({})).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
 
     // The login types list the extension.
     let (_, types) = s.get("/_matrix/client/v3/login", None).await;
@@ -132,20 +130,22 @@ async fn totp_enrolment_login_replay_recovery_codes_and_disable() {
         assert_eq!(mode & 0o777, 0o600);
     }
 
-    // Disabling: a code is required, then the password, and a wrong code
-    // changes nothing.
+    // Disabling takes user-interactive auth with the password, then the
+    // second-factor stage; a wrong code changes nothing.
     let path = format!("{TOTP}/disable");
-    let (status, body) = s.post(&path, Some(&alice.access_token), json!({})).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{body}");
-    let (status, uia) = s.post(&path, Some(&alice.access_token), json!({ "code": "bad" })).await;
+    let (status, uia) = s.post(&path, Some(&alice.access_token), json!({})).await;
     assert_eq!(status, 401, "{uia}");
-    let auth = password_auth(&alice.user_id, "alice pw 1", uia["session"].as_str());
-    let (status, body) = s.post(&path, Some(&alice.access_token), json!({ "code": "bad", "auth": auth })).await;
-    assert_eq!(status, 403, "{body}");
+    assert_eq!(uia["flows"], json!([{ "stages": ["m.login.password", "org.hearth.login.totp"] }]), "{uia}");
+    let session = uia["session"].as_str().unwrap().to_owned();
+    let auth = password_auth(&alice.user_id, "alice pw 1", Some(&session));
+    let (status, uia) = s.post(&path, Some(&alice.access_token), json!({ "auth": auth })).await;
+    assert_eq!(status, 401, "{uia}");
+    assert_eq!(uia["completed"], json!(["m.login.password"]), "{uia}");
+    let totp_stage = |code: &str| json!({ "type": "org.hearth.login.totp", "code": code, "session": session });
+    let (status, uia) = s.post(&path, Some(&alice.access_token), json!({ "auth": totp_stage("bad") })).await;
+    assert_eq!((status, uia["errcode"].as_str()), (401, Some("M_FORBIDDEN")), "{uia}");
     assert_eq!(s.get(TOTP, Some(&alice.access_token)).await.1["enabled"], true);
-    let (_, uia) = s.post(&path, Some(&alice.access_token), json!({ "code": recovery[1] })).await;
-    let auth = password_auth(&alice.user_id, "alice pw 1", uia["session"].as_str());
-    let (status, body) = s.post(&path, Some(&alice.access_token), json!({ "code": recovery[1], "auth": auth })).await;
+    let (status, body) = s.post(&path, Some(&alice.access_token), json!({ "auth": totp_stage(&recovery[1]) })).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(s.get(TOTP, Some(&alice.access_token)).await.1["enabled"], false);
     assert_eq!(s.login("alice", "alice pw 1").await.0, 200);
@@ -215,4 +215,36 @@ async fn chat_login_asks_for_the_code() {
     let out = login("right", format!("dave pw 1\n{}\n", code(&secret, 30)));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Logged in as @dave:"), "{out:?}");
+}
+
+/// Sensitive operations (here: deleting a device) ask an account with a
+/// second factor for the code after the password; accounts without one
+/// keep the password-only flow.
+#[tokio::test]
+async fn sensitive_operations_ask_for_the_second_factor() {
+    let s = Server::start().await;
+    let frank = s.register("frank", "frank pw 1").await;
+    let (secret, recovery) = enrol(&s, &frank.access_token, &frank.user_id, "frank pw 1").await;
+    let (status, other) =
+        s.post("/_matrix/client/v3/login", None, totp_login("frank", "frank pw 1", &code(&secret, 30))).await;
+    assert_eq!(status, 200, "{other}");
+    let other_device = other["device_id"].as_str().unwrap();
+    let path = format!("/_matrix/client/v3/devices/{other_device}");
+    let (status, uia) = s.request("DELETE", &path, Some(&frank.access_token), Some(json!({}))).await;
+    assert_eq!(status, 401, "{uia}");
+    assert_eq!(uia["flows"], json!([{ "stages": ["m.login.password", "org.hearth.login.totp"] }]), "{uia}");
+    let session = uia["session"].as_str().unwrap();
+    let auth = password_auth(&frank.user_id, "frank pw 1", Some(session));
+    let (status, uia) = s.request("DELETE", &path, Some(&frank.access_token), Some(json!({ "auth": auth }))).await;
+    assert_eq!(status, 401, "the password alone is not enough: {uia}");
+    // The same code again is a replay: refused.
+    let stage = |code: String| json!({ "auth": { "type": "org.hearth.login.totp", "code": code, "session": session } });
+    let (status, _) = s.request("DELETE", &path, Some(&frank.access_token), Some(stage(code(&secret, 30)))).await;
+    assert_eq!(status, 401);
+    let (status, _) = s.get("/_matrix/client/v3/devices", Some(other["access_token"].as_str().unwrap())).await;
+    assert_eq!(status, 200, "the device is still there");
+    let (status, body) = s.request("DELETE", &path, Some(&frank.access_token), Some(stage(recovery[0].clone()))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = s.get("/_matrix/client/v3/devices", Some(other["access_token"].as_str().unwrap())).await;
+    assert_eq!(status, 401, "the deleted device's token still works");
 }

@@ -17,6 +17,8 @@ use crate::{error::Error, util::random_string};
 
 pub const DUMMY: &str = "m.login.dummy";
 pub const PASSWORD: &str = "m.login.password";
+/// Hearth's second-factor stage: `{"type", "code", "session"}` with a TOTP or recovery code.
+pub const TOTP: &str = "org.hearth.login.totp";
 pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
 
 const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);

@@ -21,7 +21,8 @@ use crate::{
     },
 };
 
-/// Runs the `m.login.password` UIA flow for an authenticated user.
+/// Runs the UIA flow for an authenticated user: `m.login.password`, then
+/// `org.hearth.login.totp` when the account has a second factor.
 pub(super) async fn require_password(
     s: &Arc<Services>,
     auth: Option<&AuthData>,
@@ -29,12 +30,27 @@ pub(super) async fn require_password(
     remote: &str,
 ) -> Result<()> {
     let services = s.clone();
+    let flows: &[&[&str]] =
+        if s.mfa.is_enabled(user_id)? { &[&[uiaa::PASSWORD, uiaa::TOTP]] } else { &[&[uiaa::PASSWORD]] };
     s.uiaa
-        .authenticate(&[&[uiaa::PASSWORD]], auth, Some(user_id), |auth| {
+        .authenticate(flows, auth, Some(user_id), |auth| {
             let auth = auth.clone();
             let user_id = user_id.clone();
             let remote = remote.to_owned();
             async move {
+                if auth.auth_type().is_some_and(|t| t.as_str() == uiaa::TOTP) {
+                    let data = auth.data();
+                    let Some(code) = data.get("code").and_then(|c| c.as_str()) else {
+                        return Ok(StageResult::Failed(err!(MissingParam, "`code` is required")));
+                    };
+                    return match password_auth::verify_code(&services, &user_id, code, &remote, AuditKind::MfaFailed)
+                        .await
+                    {
+                        Ok(()) => Ok(StageResult::Done),
+                        Err(e) if matches!(e.kind(), ErrorKind::LimitExceeded { .. }) => Err(e),
+                        Err(e) => Ok(StageResult::Failed(e)),
+                    };
+                }
                 let AuthData::Password(p) = auth else {
                     return Ok(StageResult::Failed(err!(Forbidden, "Unsupported authentication stage")));
                 };

@@ -6,7 +6,7 @@
 //! - `GET  /_matrix/client/unstable/org.hearth.mfa/totp`: `{enabled, pending, recovery_codes_left}`
 //! - `POST …/totp/enrol` (UIA: password): `{secret, otpauth_uri}`; the factor is pending
 //! - `POST …/totp/confirm` `{code}`: enables it; `{recovery_codes}` (shown once)
-//! - `POST …/totp/disable` `{code}` (UIA: password): removes it
+//! - `POST …/totp/disable` (UIA: password, then `org.hearth.login.totp`): removes it
 
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ use crate::{
     api::{AppState, VendorRequest},
     err,
     error::Result,
-    service::{Services, audit::AuditKind, password_auth},
+    service::Services,
 };
 
 /// The login type that carries the password and the code together.
@@ -71,6 +71,9 @@ async fn status(State(s): State<Arc<Services>>, request: Request) -> Result<Json
 
 async fn enrol(State(s): State<Arc<Services>>, request: Request) -> Result<Json<Value>> {
     let req = VendorRequest::read(&s, request).await?;
+    if s.mfa.is_enabled(&req.user_id)? {
+        return Err(err!(Forbidden, "TOTP is already enabled; disable it before enrolling again"));
+    }
     require_password(&s, auth_data(&req.json)?.as_ref(), &req.user_id, &req.remote.to_string()).await?;
     let enrolment = s.mfa.begin(&req.user_id).await?;
     Ok(Json(serde_json::to_value(enrolment).expect("serializes")))
@@ -86,13 +89,11 @@ async fn confirm(State(s): State<Arc<Services>>, request: Request) -> Result<Jso
 
 async fn disable(State(s): State<Arc<Services>>, request: Request) -> Result<Json<Value>> {
     let req = VendorRequest::read(&s, request).await?;
-    let remote = req.remote.to_string();
-    let code = req.json.get("code").and_then(Value::as_str).ok_or_else(|| err!(MissingParam, "`code` is required"))?;
     if !s.mfa.is_enabled(&req.user_id)? {
         return Err(err!(Forbidden, "TOTP is not enabled"));
     }
-    require_password(&s, auth_data(&req.json)?.as_ref(), &req.user_id, &remote).await?;
-    password_auth::verify_code(&s, &req.user_id, code, &remote, AuditKind::MfaFailed).await?;
+    // With the factor enabled, this asks for the password and a code.
+    require_password(&s, auth_data(&req.json)?.as_ref(), &req.user_id, &req.remote.to_string()).await?;
     s.mfa.disable(&req.user_id).await?;
     tracing::info!(user = %req.user_id, "TOTP disabled");
     Ok(Json(json!({})))

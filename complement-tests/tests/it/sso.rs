@@ -61,6 +61,17 @@ impl Browser {
         (response.status().as_u16(), location, response.text().await.unwrap())
     }
 
+    /// Fills in and posts the password form of `page`.
+    async fn sign_in(&mut self, s: &Server, page: &str, user: &str, password: &str) -> (u16, Option<String>, String) {
+        let body = form(&[
+            ("csrf", &field(page, "csrf")),
+            ("redirect_url", CALLBACK),
+            ("username", user),
+            ("password", password),
+        ]);
+        self.post(&format!("{}/_hearth/sso/password", s.url), body).await
+    }
+
     fn keep_cookie(&mut self, response: &reqwest::Response) {
         if let Some(set) = response.headers().get(SET_COOKIE) {
             let set = set.to_str().unwrap();
@@ -158,17 +169,7 @@ async fn sso_sign_in_asks_for_the_second_factor() {
     let mut browser = Browser::new(&s);
     let start = format!("{}/_matrix/client/v3/login/sso/redirect?redirectUrl={}", s.url, urlencode(CALLBACK));
     let (_, page) = browser.get(&start).await;
-    let (status, location, page) = browser
-        .post(
-            &format!("{}/_hearth/sso/password", s.url),
-            form(&[
-                ("csrf", &field(&page, "csrf")),
-                ("redirect_url", CALLBACK),
-                ("username", "alice"),
-                ("password", "alice pw 1"),
-            ]),
-        )
-        .await;
+    let (status, location, page) = browser.sign_in(&s, &page, "alice", "alice pw 1").await;
     assert_eq!((status, location), (200, None), "{page}");
     let pending = field(&page, "pending");
     let post = format!("{}/_hearth/sso/code", s.url);
@@ -216,17 +217,7 @@ async fn matrix_sdk_completes_sso_login_with_a_second_factor() {
     let mut browser = Browser::new(&s);
     let (status, page) = browser.get(&sso_url).await;
     assert_eq!(status, 200, "{sso_url}: {page}");
-    let (_, _, page) = browser
-        .post(
-            &format!("{}/_hearth/sso/password", s.url),
-            form(&[
-                ("csrf", &field(&page, "csrf")),
-                ("redirect_url", CALLBACK),
-                ("username", "erin"),
-                ("password", "erin pw 1"),
-            ]),
-        )
-        .await;
+    let (_, _, page) = browser.sign_in(&s, &page, "erin", "erin pw 1").await;
     let (status, location, _) = browser
         .post(
             &format!("{}/_hearth/sso/code", s.url),

@@ -24,7 +24,7 @@ pub(crate) fn code(secret: &str, offset_secs: u64) -> String {
     totp.generate(now + offset_secs).to_string()
 }
 
-fn totp_login(user: &str, password: &str, code: &str) -> Value {
+pub(crate) fn totp_login(user: &str, password: &str, code: &str) -> Value {
     json!({
         "type": "org.hearth.login.password_totp",
         "identifier": { "type": "m.id.user", "user": user },

@@ -237,3 +237,57 @@ async fn matrix_sdk_completes_sso_login_with_a_second_factor() {
         .await
         .expect("sync");
 }
+
+/// A client that does not know `org.hearth.login.totp` sends the user to
+/// the fallback page: the code entered there completes the stage, the page
+/// runs the spec's `authDone` script, and the client finishes with
+/// `{session}` alone.
+#[tokio::test]
+async fn uia_fallback_page_completes_the_second_factor_stage() {
+    let s = Server::start().await;
+    let gwen = s.register("gwen", "gwen pw 1").await;
+    let (secret, recovery) = enrol(&s, &gwen.access_token, &gwen.user_id, "gwen pw 1").await;
+    let (_, other) =
+        s.post("/_matrix/client/v3/login", None, crate::mfa::totp_login("gwen", "gwen pw 1", &code(&secret, 30))).await;
+    let path = format!("/_matrix/client/v3/devices/{}", other["device_id"].as_str().unwrap());
+    let (_, uia) = s.request("DELETE", &path, Some(&gwen.access_token), Some(json!({}))).await;
+    let session = uia["session"].as_str().unwrap().to_owned();
+    let fallback = format!("{}/_matrix/client/v3/auth/org.hearth.login.totp/fallback/web?session={session}", s.url);
+    let mut browser = Browser::new(&s);
+    let submit = format!("{}/_hearth/uia/totp", s.url);
+
+    // Before the password stage the page does not accept a code.
+    let (status, page) = browser.get(&fallback).await;
+    assert_eq!(status, 200, "{page}");
+    let (status, _, _) = browser
+        .post(&submit, form(&[("csrf", &field(&page, "csrf")), ("session", &session), ("code", &recovery[0])]))
+        .await;
+    assert_eq!(status, 403);
+    let auth = complement_tests::password_auth(&gwen.user_id, "gwen pw 1", Some(&session));
+    let (status, _) = s.request("DELETE", &path, Some(&gwen.access_token), Some(json!({ "auth": auth }))).await;
+    assert_eq!(status, 401);
+    // `{session}` alone does not finish a flow that is not complete.
+    let only_session = json!({ "auth": { "session": session } });
+    let (status, _) = s.request("DELETE", &path, Some(&gwen.access_token), Some(only_session.clone())).await;
+    assert_eq!(status, 401);
+
+    // A wrong code, then a good one.
+    let (_, page) = browser.get(&fallback).await;
+    let (status, _, page) = browser
+        .post(&submit, form(&[("csrf", &field(&page, "csrf")), ("session", &session), ("code", "0x0x0x")]))
+        .await;
+    assert_eq!(status, 403, "{page}");
+    let (status, _, page) = browser
+        .post(&submit, form(&[("csrf", &field(&page, "csrf")), ("session", &session), ("code", &recovery[0])]))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("/_hearth/uia/auth-done.js"), "{page}");
+    let (status, script) = browser.get(&format!("{}/_hearth/uia/auth-done.js", s.url)).await;
+    assert_eq!(status, 200);
+    assert!(script.contains("window.onAuthDone()") && script.contains("postMessage(\"authDone\", \"*\")"));
+
+    let (status, body) = s.request("DELETE", &path, Some(&gwen.access_token), Some(only_session)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = s.get("/_matrix/client/v3/devices", Some(other["access_token"].as_str().unwrap())).await;
+    assert_eq!(status, 401);
+}

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod client;
 mod sso;
+mod uia_fallback;
 
 use std::{
     future::Future,
@@ -415,7 +416,7 @@ fn cors() -> CorsLayer {
 
 /// The public router (client-server API), with fallbacks and CORS.
 pub fn router(services: Arc<Services>) -> Router {
-    sso::routes(client::routes(Router::new()))
+    uia_fallback::routes(sso::routes(client::routes(Router::new())))
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors())

@@ -77,7 +77,7 @@ pub fn redirect_allowed(s: &Services, url: &str) -> bool {
     s.config.sso.redirect_allowlist.iter().any(|allowed| !allowed.is_empty() && url.starts_with(allowed.as_str()))
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -93,7 +93,7 @@ fn escape(text: &str) -> String {
 }
 
 /// A page, with the CSRF cookie (re)set to `csrf`.
-fn page(status: StatusCode, title: &str, body: &str, csrf: &str) -> Response {
+pub(crate) fn page(status: StatusCode, title: &str, body: &str, csrf: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -120,7 +120,7 @@ fn page(status: StatusCode, title: &str, body: &str, csrf: &str) -> Response {
     response
 }
 
-fn error_line(message: Option<&str>) -> String {
+pub(crate) fn error_line(message: Option<&str>) -> String {
     message.map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(m))).unwrap_or_default()
 }
 
@@ -166,12 +166,12 @@ fn code_page(status: StatusCode, pending: &str, redirect_url: &str, message: Opt
     page(status, "Second factor", &body, &csrf)
 }
 
-fn message_page(status: StatusCode, message: &str) -> Response {
+pub(crate) fn message_page(status: StatusCode, message: &str) -> Response {
     page(status, "Sign in", &error_line(Some(message)), &random_string(32))
 }
 
 /// The form's CSRF token must equal the cookie's (compared in constant time).
-fn csrf_ok(headers: &HeaderMap, form_token: &str) -> bool {
+pub(crate) fn csrf_ok(headers: &HeaderMap, form_token: &str) -> bool {
     let cookie = headers
         .get_all(header::COOKIE)
         .iter()
@@ -293,7 +293,7 @@ async fn code(State(s): State<Arc<Services>>, request: Request) -> Response {
 }
 
 /// The headers, the client address (for the audit log) and the form.
-async fn read_form<T: serde::de::DeserializeOwned>(
+pub(crate) async fn read_form<T: serde::de::DeserializeOwned>(
     s: &Arc<Services>,
     request: Request,
 ) -> Result<(HeaderMap, String, T), Response> {

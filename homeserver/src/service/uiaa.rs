@@ -25,6 +25,9 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 struct Session {
     completed: Vec<String>,
+    /// The flows offered, so that a stage completed out of band (on the
+    /// fallback page) can be checked against them.
+    flows: Vec<Vec<String>>,
     /// The user a session was started for, when the request is authenticated.
     user: Option<OwnedUserId>,
     created: Instant,
@@ -71,6 +74,25 @@ impl Service {
     /// `check_stage` validates the auth data of the stage the client submitted;
     /// it is only called for stages that appear in `flows`. Returns `Ok(())`
     /// once every stage of some flow is complete (and forgets the session).
+    /// The user of a live session, if `stage` is the next stage of one of
+    /// its flows (for the fallback page).
+    pub fn pending_stage_user(&self, session_id: &str, stage: &str) -> Option<OwnedUserId> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let s = sessions.get(session_id).filter(|s| s.created.elapsed() < SESSION_LIFETIME)?;
+        let next = s.flows.iter().any(|f| {
+            f.len() > s.completed.len() && f[..s.completed.len()] == s.completed[..] && f[s.completed.len()] == stage
+        });
+        if next { s.user.clone() } else { None }
+    }
+
+    /// Records `stage` as completed out of band (on the fallback page).
+    pub fn complete_out_of_band(&self, session_id: &str, stage: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = sessions.get_mut(session_id) {
+            s.completed.push(stage.to_owned());
+        }
+    }
+
     pub async fn authenticate<F, Fut>(
         &self,
         flows: &[&[&str]],
@@ -98,7 +120,9 @@ impl Service {
                 None => {
                     // Unknown or missing: always a fresh, server-chosen ID.
                     let id = random_string(24);
-                    sessions.insert(id.clone(), Session { completed: vec![], user: user.cloned(), created: now });
+                    let flows = flows.iter().map(|f| f.iter().map(|s| (*s).to_owned()).collect()).collect();
+                    sessions
+                        .insert(id.clone(), Session { completed: vec![], flows, user: user.cloned(), created: now });
                     (id, vec![])
                 }
             }
@@ -106,7 +130,15 @@ impl Service {
         let Some(auth) = auth else {
             return Err(Error::Uiaa(Box::new(Self::body(flows, &session_id, &completed, None))));
         };
-        let stage = auth.auth_type().map(|t| t.to_string()).unwrap_or_default();
+        let Some(stage) = auth.auth_type().map(|t| t.to_string()) else {
+            // `{session}` alone: the client says a stage was completed on the
+            // fallback page. Done if the completed stages make up a flow.
+            if flows.iter().any(|f| f.len() == completed.len() && f[..] == completed[..]) {
+                self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
+                return Ok(());
+            }
+            return Err(Error::Uiaa(Box::new(Self::body(flows, &session_id, &completed, None))));
+        };
         let allowed = flows.iter().any(|f| {
             // The stage must be the next one of a flow that matches what is done so far.
             f.len() > completed.len() && f[..completed.len()] == completed[..] && f[completed.len()] == stage

@@ -149,21 +149,38 @@ fn password_page(status: StatusCode, redirect_url: &str, username: &str, message
 }
 
 fn code_page(status: StatusCode, pending: &str, redirect_url: &str, message: Option<&str>) -> Response {
+    let intro = format!(
+        "Enter the code from your authenticator app, or one of your recovery codes. \
+         You will then be sent to <strong>{}</strong>.",
+        escape(&destination(redirect_url))
+    );
+    code_form_page(status, "Second factor", &intro, CODE_PATH, ("pending", pending), message)
+}
+
+/// A page asking for a TOTP or recovery code, posting to `action` with the
+/// hidden field `hidden` and a new CSRF token. `intro` is HTML.
+pub(crate) fn code_form_page(
+    status: StatusCode,
+    title: &str,
+    intro: &str,
+    action: &str,
+    hidden: (&str, &str),
+    message: Option<&str>,
+) -> Response {
     let csrf = random_string(32);
     let body = format!(
-        "<p>Enter the code from your authenticator app, or one of your recovery codes. \
-         You will then be sent to <strong>{dest}</strong>.</p>{error}\
-         <form method=\"post\" action=\"{CODE_PATH}\">\
+        "<p>{intro}</p>{error}\
+         <form method=\"post\" action=\"{action}\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <input type=\"hidden\" name=\"pending\" value=\"{pending}\">\
+         <input type=\"hidden\" name=\"{name}\" value=\"{value}\">\
          <label for=\"code\">Authentication code</label>\
          <input id=\"code\" name=\"code\" autocomplete=\"one-time-code\" inputmode=\"numeric\" required>\
          <button type=\"submit\">Continue</button></form>",
-        dest = escape(&destination(redirect_url)),
         error = error_line(message),
-        pending = escape(pending),
+        name = escape(hidden.0),
+        value = escape(hidden.1),
     );
-    page(status, "Second factor", &body, &csrf)
+    page(status, title, &body, &csrf)
 }
 
 pub(crate) fn message_page(status: StatusCode, message: &str) -> Response {

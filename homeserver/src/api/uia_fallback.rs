@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::{
     AppState,
-    sso::{csrf_ok, error_line, escape, message_page, page, read_form},
+    sso::{code_form_page, csrf_ok, message_page, page, read_form},
 };
 use crate::{
     service::{Services, audit::AuditKind, password_auth, uiaa},
@@ -52,19 +52,8 @@ struct CodeForm {
 }
 
 fn code_page(status: StatusCode, session: &str, message: Option<&str>) -> Response {
-    let csrf = random_string(32);
-    let body = format!(
-        "<p>Enter the code from your authenticator app, or one of your recovery codes, to confirm.</p>{error}\
-         <form method=\"post\" action=\"{SUBMIT_PATH}\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <input type=\"hidden\" name=\"session\" value=\"{session}\">\
-         <label for=\"code\">Authentication code</label>\
-         <input id=\"code\" name=\"code\" autocomplete=\"one-time-code\" inputmode=\"numeric\" required>\
-         <button type=\"submit\">Confirm</button></form>",
-        error = error_line(message),
-        session = escape(session),
-    );
-    page(status, "Confirm it is you", &body, &csrf)
+    let intro = "Enter the code from your authenticator app, or one of your recovery codes, to confirm.";
+    code_form_page(status, "Confirm it is you", intro, SUBMIT_PATH, ("session", session), message)
 }
 
 async fn fallback(Path(auth_type): Path<String>, Query(query): Query<SessionQuery>) -> Response {

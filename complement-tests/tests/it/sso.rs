@@ -134,12 +134,10 @@ async fn sso_sign_in_page_issues_a_single_use_login_token() {
         .await;
     assert_eq!(status, 303);
     let token = login_token(&location.unwrap());
-    let (status, body) =
-        s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.token", "token": token })).await;
+    let (status, body) = exchange(&s, &token).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["user_id"].as_str().unwrap().starts_with("@bob:"));
-    let (status, body) =
-        s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.token", "token": token })).await;
+    let (status, body) = exchange(&s, &token).await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
 
     // Only allowed redirect targets get a page, let alone a token.
@@ -181,8 +179,7 @@ async fn sso_sign_in_asks_for_the_second_factor() {
         .await;
     assert_eq!(status, 303);
     let token = login_token(&location.unwrap());
-    let (status, body) =
-        s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.token", "token": token })).await;
+    let (status, body) = exchange(&s, &token).await;
     assert_eq!(status, 200, "{body}");
     // The finished sign-in cannot be continued again.
     let (_, page) = browser.get(&start).await;
@@ -290,4 +287,9 @@ async fn uia_fallback_page_completes_the_second_factor_stage() {
     assert_eq!(status, 200, "{body}");
     let (status, _) = s.get("/_matrix/client/v3/devices", Some(other["access_token"].as_str().unwrap())).await;
     assert_eq!(status, 401);
+}
+
+/// Exchanges a login token with `m.login.token`.
+async fn exchange(s: &Server, token: &str) -> (u16, serde_json::Value) {
+    s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.token", "token": token })).await
 }

@@ -37,7 +37,7 @@ fn check(state: &AdminState, headers: &HeaderMap) -> Result<()> {
     // Compare in constant time.
     let a = given.as_bytes();
     let b = state.secret.as_bytes();
-    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    let same = crate::util::constant_time_eq(a, b);
     if !same {
         return Err(err!(Forbidden, "Invalid admin secret"));
     }

@@ -29,7 +29,7 @@ use super::{AppState, remote_ip};
 use crate::{
     error::ErrorKind,
     service::{Services, audit::AuditKind, password_auth},
-    util::random_string,
+    util::{constant_time_eq, random_string},
 };
 
 const CSRF_COOKIE: &str = "__Host-hearth_csrf";
@@ -199,7 +199,7 @@ pub(crate) fn csrf_ok(headers: &HeaderMap, form_token: &str) -> bool {
         .map(|(_, value)| value.to_owned());
     let Some(cookie) = cookie else { return false };
     let (a, b) = (cookie.as_bytes(), form_token.as_bytes());
-    !a.is_empty() && a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    !a.is_empty() && constant_time_eq(a, b)
 }
 
 /// Sends the browser to the client with a new login token.

@@ -25,7 +25,7 @@ use crate::{
     err,
     error::{Error, Result},
     storage::{Batch, Db, StorageError, trees},
-    util::now_ms,
+    util::{constant_time_eq, now_ms},
 };
 
 /// The TOTP step in seconds.
@@ -250,10 +250,6 @@ fn recovery_code() -> String {
 fn hash_code(code: &str) -> String {
     let normal: String = code.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_lowercase();
     hex::encode(Sha256::digest(normal.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Reads the 32-byte key (raw, or 64 hex digits), or generates it.

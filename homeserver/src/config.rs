@@ -30,6 +30,7 @@ pub struct Config {
     pub audit: Audit,
     pub mfa: Mfa,
     pub sso: Sso,
+    pub smtp: Smtp,
     pub admin: Admin,
     pub logging: Logging,
 }
@@ -83,6 +84,7 @@ pub struct Auth {
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
     pub min_password_length: usize,
+    pub min_password_classes: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +120,42 @@ pub struct Audit {
 pub struct Sso {
     /// URL prefixes the browser sign-in may send a login token to.
     pub redirect_allowlist: Vec<String>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smtp {
+    /// Empty: e-mail is not sent (addresses stay unverified).
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub username: String,
+    pub password: String,
+    pub from: String,
+    pub token_lifetime_secs: u64,
+}
+
+/// How the connection to the mail server is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    Starttls,
+    Tls,
+    None,
+}
+
+impl std::fmt::Debug for Smtp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Smtp")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("username", &self.username)
+            .field("password", &if self.password.is_empty() { "" } else { "[redacted]" })
+            .field("from", &self.from)
+            .field("token_lifetime_secs", &self.token_lifetime_secs)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +314,21 @@ impl Config {
         }
         if self.registration.tokens.iter().any(|t| t.is_empty() || t.len() > 64) {
             return invalid("registration.tokens", "tokens must be 1 to 64 characters".into());
+        }
+        if self.auth.min_password_classes > 4 {
+            return invalid("auth.min_password_classes", "must be between 0 and 4".into());
+        }
+        if !self.smtp.host.is_empty() {
+            if self.smtp.from.parse::<lettre::message::Mailbox>().is_err() {
+                return invalid("smtp.from", format!("{:?} is not an e-mail address", self.smtp.from));
+            }
+            let loopback = matches!(self.smtp.host.as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]");
+            if self.smtp.security == SmtpSecurity::None && !loopback {
+                return invalid("smtp.security", "\"none\" (plain SMTP) is allowed only to a loopback host".into());
+            }
+            if !(60..=7 * 24 * 3600).contains(&self.smtp.token_lifetime_secs) {
+                return invalid("smtp.token_lifetime_secs", "must be between 60 and 604800".into());
+            }
         }
         if self.logging.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             return invalid("logging.level", format!("{:?} is not a valid log filter", self.logging.level));

@@ -35,6 +35,10 @@ pub enum ErrorKind {
     RoomInUse,
     WrongRoomKeysVersion,
     InvalidSignature,
+    ThreepidInUse,
+    ThreepidAuthFailed,
+    ThreepidDenied,
+    ThreepidNotFound,
 }
 
 impl ErrorKind {
@@ -62,12 +66,18 @@ impl ErrorKind {
             Self::RoomInUse => "M_ROOM_IN_USE",
             Self::WrongRoomKeysVersion => "M_WRONG_ROOM_KEYS_VERSION",
             Self::InvalidSignature => "M_INVALID_SIGNATURE",
+            Self::ThreepidInUse => "M_THREEPID_IN_USE",
+            Self::ThreepidAuthFailed => "M_THREEPID_AUTH_FAILED",
+            Self::ThreepidDenied => "M_THREEPID_DENIED",
+            Self::ThreepidNotFound => "M_THREEPID_NOT_FOUND",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            Self::Forbidden | Self::UserDeactivated | Self::WrongRoomKeysVersion => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::UserDeactivated | Self::WrongRoomKeysVersion | Self::ThreepidDenied => {
+                StatusCode::FORBIDDEN
+            }
             Self::UnknownToken { .. } | Self::MissingToken | Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound | Self::Unrecognized => StatusCode::NOT_FOUND,
             Self::LimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -119,6 +129,28 @@ impl Error {
             Self::Uiaa(_) => ErrorKind::Unauthorized,
             Self::WrongRoomKeysVersion { .. } => ErrorKind::WrongRoomKeysVersion,
             Self::Storage(_) | Self::Internal(_) => ErrorKind::Unknown,
+        }
+    }
+
+    /// The HTTP status this error is sent with.
+    pub fn status(&self) -> StatusCode {
+        self.to_status_and_body().0
+    }
+
+    /// The text a user may see on a page. Internal failures are logged here
+    /// and shown as a generic line, as the JSON answer does.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Request { message, .. } => message,
+            Self::Storage(e) => {
+                tracing::error!(error = %e, "storage error while serving a page");
+                "Something went wrong; try again."
+            }
+            Self::Internal(e) => {
+                tracing::error!(error = %e, "internal error while serving a page");
+                "Something went wrong; try again."
+            }
+            Self::Uiaa(_) | Self::WrongRoomKeysVersion { .. } => "Something went wrong; try again.",
         }
     }
 

@@ -93,3 +93,55 @@ mod cache_tests {
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+/// In-memory entries under random 32-character IDs that expire a fixed
+/// time after they were made (browser sign-ins, login tokens, sign-ups
+/// waiting for their e-mail code).
+pub struct Expiring<V> {
+    lifetime: std::time::Duration,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (V, std::time::Instant)>>,
+}
+
+impl<V: Clone> Expiring<V> {
+    pub fn new(lifetime: std::time::Duration) -> Self {
+        Self { lifetime, entries: Default::default() }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (V, std::time::Instant)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores a value; returns its new ID.
+    pub fn insert(&self, value: V) -> String {
+        let id = random_string(32);
+        let mut entries = self.entries();
+        entries.retain(|_, (_, at)| at.elapsed() < self.lifetime);
+        entries.insert(id.clone(), (value, std::time::Instant::now()));
+        id
+    }
+
+    /// The live value under `id`.
+    pub fn get(&self, id: &str) -> Option<V> {
+        self.entries().get(id).filter(|(_, at)| at.elapsed() < self.lifetime).map(|(v, _)| v.clone())
+    }
+
+    /// Removes the value under `id`, returning it if it was live.
+    pub fn take(&self, id: &str) -> Option<V> {
+        self.entries().remove(id).filter(|(_, at)| at.elapsed() < self.lifetime).map(|(v, _)| v)
+    }
+}
+
+#[cfg(test)]
+mod expiring_tests {
+    #[test]
+    fn values_expire_and_are_taken_once() {
+        let live = super::Expiring::new(std::time::Duration::from_secs(60));
+        let id = live.insert(7);
+        assert_eq!(live.get(&id), Some(7));
+        assert_eq!(live.take(&id), Some(7));
+        assert_eq!(live.take(&id), None);
+        let dead = super::Expiring::new(std::time::Duration::ZERO);
+        let id = dead.insert(1);
+        assert_eq!(dead.get(&id), None);
+    }
+}

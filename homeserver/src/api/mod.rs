@@ -5,6 +5,8 @@
 
 pub mod admin;
 pub mod client;
+mod account_pages;
+mod pages;
 mod sso;
 mod uia_fallback;
 
@@ -247,6 +249,13 @@ impl VendorRequest {
         let json = if bytes.is_empty() { serde_json::json!({}) } else { json_object(&bytes)? };
         Ok(Self { user_id, device_id, json, remote })
     }
+
+    /// Reads and limits the JSON body of an endpoint that needs no access token.
+    pub async fn read_public(services: &Services, request: Request) -> Result<(serde_json::Value, IpAddr)> {
+        let remote = remote_ip(&request);
+        let bytes = read_body(request.into_body(), services.config.limits.max_request_bytes).await?;
+        Ok((json_object(&bytes)?, remote))
+    }
 }
 
 /// Parses, authenticates and dispatches one request.
@@ -416,7 +425,7 @@ fn cors() -> CorsLayer {
 
 /// The public router (client-server API), with fallbacks and CORS.
 pub fn router(services: Arc<Services>) -> Router {
-    uia_fallback::routes(sso::routes(client::routes(Router::new())))
+    account_pages::routes(uia_fallback::routes(sso::routes(client::routes(Router::new()))))
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors())

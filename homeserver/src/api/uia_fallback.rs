@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::{
     AppState,
-    sso::{code_form_page, csrf_ok, message_page, page, read_form},
+    pages::{code_form_page, csrf_ok, message_page, page, read_form},
 };
 use crate::{
     service::{Services, audit::AuditKind, password_auth, uiaa},

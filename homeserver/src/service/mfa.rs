@@ -179,6 +179,19 @@ impl Service {
         Ok(enrolment)
     }
 
+    /// The enrolment waiting for its confirming code, with its QR code
+    /// (a PNG, base64) for the account page.
+    pub fn pending_enrolment(&self, user_id: &UserId) -> Result<Option<(Enrolment, String)>> {
+        let Some(record) = self.load(user_id)?.filter(|r| !r.active) else { return Ok(None) };
+        let totp = self.totp(user_id, &record.secret)?;
+        let enrolment = Enrolment {
+            secret: Secret::from(record.secret).to_base32(),
+            otpauth_uri: totp.to_url().map_err(|e| Error::internal(format!("TOTP URI: {e}")))?,
+        };
+        let qr = totp.to_qr_base64().map_err(|e| Error::internal(format!("TOTP QR code: {e}")))?;
+        Ok(Some((enrolment, qr)))
+    }
+
     /// Confirms an enrolment with a current code: the factor becomes active
     /// and the recovery codes are returned, the only time they are shown.
     pub async fn confirm(&self, user_id: &UserId, code: &str) -> Result<Vec<String>> {

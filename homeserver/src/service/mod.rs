@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod audit;
 pub mod backup;
 pub mod directory;
+pub mod email;
 pub mod keys;
 pub mod lockout;
 pub mod locks;
@@ -34,6 +35,7 @@ pub struct Services {
     pub sessions: sessions::Service,
     pub lockout: lockout::Service,
     pub mfa: mfa::Service,
+    pub email: email::Service,
     pub sso: sso::Service,
     pub uiaa: uiaa::Service,
     pub ratelimit: ratelimit::Service,
@@ -58,6 +60,7 @@ impl Services {
             sessions: sessions::Service::new(config.clone(), db.clone(), locks.clone()),
             lockout: lockout::Service::new(config.clone(), db.clone(), locks.clone()),
             mfa: mfa::Service::new(&config, db.clone(), locks.clone())?,
+            email: email::Service::new(config.clone(), db.clone())?,
             sso: sso::Service::default(),
             locks,
             typing: receipts::Typing::new(),

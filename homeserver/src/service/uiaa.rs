@@ -20,6 +20,7 @@ pub const PASSWORD: &str = "m.login.password";
 /// Hearth's second-factor stage: `{"type", "code", "session"}` with a TOTP or recovery code.
 pub const TOTP: &str = "org.hearth.login.totp";
 pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
+pub const EMAIL_IDENTITY: &str = "m.login.email.identity";
 
 const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
 

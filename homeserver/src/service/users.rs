@@ -53,6 +53,8 @@ pub struct NewAccount {
     pub admin: bool,
     pub displayname: Option<String>,
     pub email: Option<String>,
+    /// Whether `email` was verified (with a code sent to it).
+    pub email_verified: bool,
 }
 
 pub struct Service {
@@ -138,6 +140,20 @@ impl Service {
                 self.config.auth.min_password_length
             ));
         }
+        let classes: [fn(char) -> bool; 4] = [
+            |c| c.is_lowercase(),
+            |c| c.is_uppercase(),
+            |c| c.is_numeric(),
+            |c| !c.is_alphanumeric(),
+        ];
+        let mixed = classes.iter().filter(|class| password.chars().any(|c| class(c))).count();
+        if mixed < usize::from(self.config.auth.min_password_classes) {
+            return Err(err!(
+                WeakPassword,
+                "The password must mix at least {} of: lowercase letters, uppercase letters, digits, other characters",
+                self.config.auth.min_password_classes
+            ));
+        }
         Ok(())
     }
 
@@ -186,6 +202,11 @@ impl Service {
         if self.exists(user_id)? {
             return Err(err!(UserInUse, "The desired user ID is already taken"));
         }
+        if let Some(email) = new.email.as_deref().filter(|_| new.email_verified)
+            && self.email_owner(email)?.is_some()
+        {
+            return Err(err!(ThreepidInUse, "This e-mail address is already in use"));
+        }
         let now = now_ms();
         let account = Account { password_hash, admin: new.admin, deactivated: false, created_ts: now };
         let profile =
@@ -194,9 +215,7 @@ impl Service {
         batch.insert(trees::USERID_ACCOUNT, user_id.as_bytes().to_vec(), encode(&account));
         batch.insert(trees::USERID_PROFILE, user_id.as_bytes().to_vec(), encode(&profile));
         if let Some(email) = new.email {
-            let pid =
-                ThreePid { medium: "email".into(), address: email.to_lowercase(), added_at: now, validated_at: None };
-            batch.insert(trees::USERIDTHREEPID_INFO, threepid_key(user_id, &pid.medium, &pid.address), encode(&pid));
+            self.email_batch(user_id, &email, new.email_verified, &mut batch);
         }
         batch.ops.extend(extra.ops);
         self.db.commit(batch).await?;
@@ -219,9 +238,72 @@ impl Service {
         batch.insert(trees::USERID_ACCOUNT, user_id.as_bytes().to_vec(), encode(&account));
         batch.insert(trees::USERID_PROFILE, user_id.as_bytes().to_vec(), encode(&Profile::default()));
         for pid in self.threepids(user_id)? {
-            batch.remove(trees::USERIDTHREEPID_INFO, threepid_key(user_id, &pid.medium, &pid.address));
+            self.threepid_removal_batch(user_id, &pid, batch);
         }
         Ok(())
+    }
+
+    /// The writes that attach an e-mail address (lowercased) to an account;
+    /// a verified address is also indexed, so that it belongs to one account.
+    fn email_batch(&self, user_id: &UserId, email: &str, verified: bool, batch: &mut Batch) {
+        let now = now_ms();
+        let pid = ThreePid {
+            medium: "email".into(),
+            address: email.to_lowercase(),
+            added_at: now,
+            validated_at: verified.then_some(now),
+        };
+        if verified {
+            batch.insert(trees::EMAIL_USERID, pid.address.as_bytes().to_vec(), user_id.as_bytes().to_vec());
+        }
+        batch.insert(trees::USERIDTHREEPID_INFO, threepid_key(user_id, &pid.medium, &pid.address), encode(&pid));
+    }
+
+    fn threepid_removal_batch(&self, user_id: &UserId, pid: &ThreePid, batch: &mut Batch) {
+        if pid.medium == "email" && pid.validated_at.is_some() {
+            batch.remove(trees::EMAIL_USERID, pid.address.as_bytes().to_vec());
+        }
+        batch.remove(trees::USERIDTHREEPID_INFO, threepid_key(user_id, &pid.medium, &pid.address));
+    }
+
+    /// The account a verified e-mail address belongs to.
+    pub fn email_owner(&self, email: &str) -> Result<Option<OwnedUserId>> {
+        let tree = self.db.tree(trees::EMAIL_USERID)?;
+        let Some(bytes) = tree.get(email.to_lowercase().as_bytes())? else { return Ok(None) };
+        let id = std::str::from_utf8(&bytes).ok().and_then(|s| UserId::parse(s).ok()).ok_or_else(|| {
+            crate::storage::StorageError::Corrupt { tree: trees::EMAIL_USERID, reason: "bad user ID".into() }
+        })?;
+        Ok(Some(id))
+    }
+
+    /// Attaches a verified e-mail address to an account (replacing an
+    /// unverified record of the same address). Refused when another
+    /// account has it.
+    pub async fn add_verified_email(&self, user_id: &UserId, email: &str) -> Result<()> {
+        let _guard = self.create_lock.lock().await;
+        match self.email_owner(email)? {
+            Some(owner) if owner == user_id => return Ok(()),
+            Some(_) => return Err(err!(ThreepidInUse, "This e-mail address is already in use")),
+            None => {}
+        }
+        let mut batch = Batch::new();
+        self.email_batch(user_id, email, true, &mut batch);
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Removes a third-party identifier from an account; false if it had none such.
+    pub async fn remove_threepid(&self, user_id: &UserId, medium: &str, address: &str) -> Result<bool> {
+        let _guard = self.create_lock.lock().await;
+        let address = if medium == "email" { address.to_lowercase() } else { address.to_owned() };
+        let Some(pid) = self.threepids(user_id)?.into_iter().find(|p| p.medium == medium && p.address == address)
+        else {
+            return Ok(false);
+        };
+        let mut batch = Batch::new();
+        self.threepid_removal_batch(user_id, &pid, &mut batch);
+        self.db.commit(batch).await?;
+        Ok(true)
     }
 
     /// Every account, in user ID order.

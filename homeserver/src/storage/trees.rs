@@ -29,6 +29,10 @@ pub const TOKENHASH_SESSION: &str = "tokenhash_session";
 pub const REFRESHHASH_SESSION: &str = "refreshhash_session";
 /// `user_id` → failed-login state (consecutive failures, locked-until time).
 pub const USERID_LOGINFAILURES: &str = "userid_loginfailures";
+/// A verified e-mail address (lowercase) → the user it belongs to.
+pub const EMAIL_USERID: &str = "email_userid";
+/// An e-mail verification session ID → the session.
+pub const SID_EMAILVALIDATION: &str = "sid_emailvalidation";
 /// `user_id` → the TOTP record, sealed with the MFA key.
 pub const USERID_TOTP: &str = "userid_totp";
 
@@ -108,6 +112,11 @@ pub const ALL: &[TreeDef] = &[
     },
     TreeDef { name: TOKENHASH_SESSION, layout: "sha256(access_token) → {user_id, device_id, expires_at?}" },
     TreeDef { name: REFRESHHASH_SESSION, layout: "sha256(refresh_token) → {user_id, device_id}" },
+    TreeDef { name: EMAIL_USERID, layout: "verified e-mail address (lowercase) → user_id" },
+    TreeDef {
+        name: SID_EMAILVALIDATION,
+        layout: "sid → {purpose, email, client_secret, send_attempt, token hashes, created, validated_at?, failures}",
+    },
     TreeDef { name: USERID_LOGINFAILURES, layout: "user_id → {failures, locked_until?}" },
     TreeDef {
         name: USERID_TOTP,

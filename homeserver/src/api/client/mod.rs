@@ -14,11 +14,12 @@ mod profile;
 mod push;
 mod receipt;
 mod redact;
-mod register;
+pub(crate) mod register;
 mod room;
 mod session;
 mod state;
 mod sync;
+mod threepid;
 
 use ruma::api::client as c;
 
@@ -26,7 +27,7 @@ use super::{AppState, RumaRouter};
 
 /// Registers every client-server endpoint.
 pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
-    mfa::routes(router)
+    threepid::routes(mfa::routes(router))
         .ruma_route::<c::discovery::get_supported_versions::Request, _, _>(discovery::get_supported_versions_route)
         .ruma_route::<c::discovery::discover_homeserver::Request, _, _>(discovery::discover_homeserver_route)
         .ruma_route::<ruma::api::federation::discovery::discover_homeserver::Request, _, _>(
@@ -46,6 +47,14 @@ pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
         .ruma_route::<c::account::change_password::v3::Request, _, _>(account::change_password_route)
         .ruma_route::<c::account::deactivate::v3::Request, _, _>(account::deactivate_route)
         .ruma_route::<c::account::get_3pids::v3::Request, _, _>(account::get_3pids_route)
+        .ruma_route::<c::account::request_registration_token_via_email::v3::Request, _, _>(
+            threepid::register_email_request_token_route,
+        )
+        .ruma_route::<c::account::request_3pid_management_token_via_email::v3::Request, _, _>(
+            threepid::account_email_request_token_route,
+        )
+        .ruma_route::<c::account::add_3pid::v3::Request, _, _>(threepid::add_3pid_route)
+        .ruma_route::<c::account::delete_3pid::v3::Request, _, _>(threepid::delete_3pid_route)
         .ruma_route::<c::device::get_devices::v3::Request, _, _>(device::get_devices_route)
         .ruma_route::<c::device::get_device::v3::Request, _, _>(device::get_device_route)
         .ruma_route::<c::device::update_device::v3::Request, _, _>(device::update_device_route)

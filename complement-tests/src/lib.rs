@@ -379,3 +379,129 @@ pub fn password_auth(user_id: &str, password: &str, session: Option<&str>) -> Va
     }
     auth
 }
+
+/// A mail server on loopback that accepts every message and keeps it, for
+/// the e-mail verification tests. It speaks the few SMTP commands a client
+/// sends when the server offers no extensions (no TLS, no login): HELO or
+/// EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT. A relay's job (delivery) is
+/// not its job, so no SMTP server crate is needed.
+pub struct SmtpSink {
+    pub port: u16,
+    messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the SMTP sink");
+        let port = listener.local_addr().unwrap().port();
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = messages.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(Self::session(stream, store.clone()));
+            }
+        });
+        Self { port, messages }
+    }
+
+    async fn session(stream: tokio::net::TcpStream, store: std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let _ = write.write_all(b"220 sink ESMTP\r\n").await;
+        let mut data: Option<Vec<String>> = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(body) = data.as_mut() {
+                if line == "." {
+                    store.lock().unwrap().push(decode_quoted_printable(&body.join("\n")));
+                    data = None;
+                    let _ = write.write_all(b"250 OK queued\r\n").await;
+                } else {
+                    body.push(line.strip_prefix('.').map(str::to_owned).unwrap_or(line));
+                }
+                continue;
+            }
+            let verb = line.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+            let reply: &[u8] = match verb.as_str() {
+                "EHLO" | "HELO" => b"250 sink\r\n",
+                "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 OK\r\n",
+                "DATA" => {
+                    data = Some(Vec::new());
+                    b"354 End data with <CR><LF>.<CR><LF>\r\n"
+                }
+                "QUIT" => {
+                    let _ = write.write_all(b"221 Bye\r\n").await;
+                    return;
+                }
+                _ => b"502 Command not implemented\r\n",
+            };
+            if write.write_all(reply).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The `HEARTH_SMTP__*` settings that send a server's e-mail here.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("HEARTH_SMTP__HOST", "127.0.0.1".to_owned()),
+            ("HEARTH_SMTP__PORT", self.port.to_string()),
+            ("HEARTH_SMTP__SECURITY", "none".to_owned()),
+            ("HEARTH_SMTP__FROM", "Hearth <noreply@hearth.test>".to_owned()),
+        ]
+    }
+
+    /// Every message received so far (headers and body).
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// The 8-digit code and the link of the last message sent to `address`.
+    pub fn last_code_for(&self, address: &str) -> (String, String) {
+        let messages = self.messages();
+        let message = messages
+            .iter()
+            .rev()
+            .find(|m| m.lines().any(|l| l.to_ascii_lowercase().starts_with("to:") && l.contains(address)))
+            .unwrap_or_else(|| panic!("no e-mail to {address} among {messages:?}"));
+        let code = message
+            .split("code for ")
+            .nth(1)
+            .and_then(|rest| rest.split(" is ").nth(1))
+            .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
+            .unwrap_or_else(|| panic!("no code in {message}"));
+        let link = message
+            .lines()
+            .find(|l| l.starts_with("https://"))
+            .unwrap_or_else(|| panic!("no link in {message}"))
+            .to_owned();
+        (code, link)
+    }
+}
+
+/// A message with its quoted-printable body decoded (RFC 2045: `=XX` bytes,
+/// `=` at a line end joins lines), as a mail reader shows it.
+fn decode_quoted_printable(message: &str) -> String {
+    let Some((headers, body)) = message.split_once("\n\n") else { return message.to_owned() };
+    if !headers.to_ascii_lowercase().contains("content-transfer-encoding: quoted-printable") {
+        return message.to_owned();
+    }
+    let joined = body.replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'=', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    format!("{headers}\n\n{}", String::from_utf8_lossy(&out))
+}

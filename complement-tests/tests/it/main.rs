@@ -2,12 +2,14 @@
 
 mod accounts;
 mod admin_cli;
+mod browser;
 mod client_sdk;
 mod devices;
 mod directory;
 mod discovery;
 mod e2ee_js;
 mod e2ee_sdk;
+mod email;
 mod ephemeral;
 mod errors;
 mod keys;
@@ -15,6 +17,7 @@ mod lifecycle;
 mod login;
 mod matrix_sdk_client;
 mod mfa;
+mod pages;
 mod profile;
 mod push;
 mod register;

@@ -4,82 +4,14 @@
 //! `m.login.token`.
 
 use complement_tests::Server;
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::json;
 
-use crate::mfa::{code, enrol};
+use crate::{
+    browser::{Browser, field, form, urlencode},
+    mfa::{code, enrol},
+};
 
 const CALLBACK: &str = "http://localhost:38080/callback?state=abc";
-
-/// A browser without JavaScript: keeps the CSRF cookie, does not follow
-/// redirects (the test reads them).
-struct Browser {
-    http: reqwest::Client,
-    cookie: String,
-}
-
-/// The value of the hidden field `name` in a page.
-fn field(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
-}
-
-impl Browser {
-    fn new(s: &Server) -> Self {
-        let http = reqwest::Client::builder()
-            .tls_certs_only([s.certificate()])
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        Self { http, cookie: String::new() }
-    }
-
-    async fn get(&mut self, url: &str) -> (u16, String) {
-        let response = self.http.get(url).send().await.unwrap();
-        self.keep_cookie(&response);
-        (response.status().as_u16(), response.text().await.unwrap())
-    }
-
-    /// Posts a form; returns the status, the Location header and the page.
-    async fn post(&mut self, url: &str, body: String) -> (u16, Option<String>, String) {
-        let response = self
-            .http
-            .post(url)
-            .header(COOKIE, self.cookie.clone())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        self.keep_cookie(&response);
-        let location = response.headers().get(LOCATION).map(|v| v.to_str().unwrap().to_owned());
-        (response.status().as_u16(), location, response.text().await.unwrap())
-    }
-
-    /// Fills in and posts the password form of `page`.
-    async fn sign_in(&mut self, s: &Server, page: &str, user: &str, password: &str) -> (u16, Option<String>, String) {
-        let body = form(&[
-            ("csrf", &field(page, "csrf")),
-            ("redirect_url", CALLBACK),
-            ("username", user),
-            ("password", password),
-        ]);
-        self.post(&format!("{}/_hearth/sso/password", s.url), body).await
-    }
-
-    fn keep_cookie(&mut self, response: &reqwest::Response) {
-        if let Some(set) = response.headers().get(SET_COOKIE) {
-            let set = set.to_str().unwrap();
-            assert!(set.contains("Secure") && set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
-            self.cookie = set.split(';').next().unwrap().to_owned();
-        }
-    }
-}
 
 fn login_token(location: &str) -> String {
     assert!(location.starts_with("http://localhost:38080/callback?state=abc&loginToken="), "{location}");
@@ -167,7 +99,7 @@ async fn sso_sign_in_asks_for_the_second_factor() {
     let mut browser = Browser::new(&s);
     let start = format!("{}/_matrix/client/v3/login/sso/redirect?redirectUrl={}", s.url, urlencode(CALLBACK));
     let (_, page) = browser.get(&start).await;
-    let (status, location, page) = browser.sign_in(&s, &page, "alice", "alice pw 1").await;
+    let (status, location, page) = browser.sign_in(&s, &page, CALLBACK, "alice", "alice pw 1").await;
     assert_eq!((status, location), (200, None), "{page}");
     let pending = field(&page, "pending");
     let post = format!("{}/_hearth/sso/code", s.url);
@@ -190,10 +122,6 @@ async fn sso_sign_in_asks_for_the_second_factor() {
     assert!(s.audit_events().iter().any(|e| e["event"] == "mfa_failed" && e["user"] == alice.user_id.as_str()));
 }
 
-fn urlencode(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
-}
-
 /// The real matrix-sdk completes `m.login.sso` against the server: it builds
 /// the SSO URL for its callback, the test plays the browser (password, then
 /// the code of an account with a second factor), and matrix-sdk logs in
@@ -214,7 +142,7 @@ async fn matrix_sdk_completes_sso_login_with_a_second_factor() {
     let mut browser = Browser::new(&s);
     let (status, page) = browser.get(&sso_url).await;
     assert_eq!(status, 200, "{sso_url}: {page}");
-    let (_, _, page) = browser.sign_in(&s, &page, "erin", "erin pw 1").await;
+    let (_, _, page) = browser.sign_in(&s, &page, CALLBACK, "erin", "erin pw 1").await;
     let (status, location, _) = browser
         .post(
             &format!("{}/_hearth/sso/code", s.url),

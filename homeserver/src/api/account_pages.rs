@@ -253,7 +253,9 @@ fn account_page(s: &Services, web: &WebUser, status: StatusCode, message: Option
             fields = confirm_fields("pw-", mfa.enabled),
         ));
 
-        html.push_str(&format!("<h2>Devices</h2><form method=\"post\" action=\"{DEVICES_PATH}\">{token}<ul id=\"devices\">"));
+        html.push_str(&format!(
+            "<h2>Devices</h2><form method=\"post\" action=\"{DEVICES_PATH}\">{token}<ul id=\"devices\">"
+        ));
         for (device_id, device) in s.sessions.devices(&web.user_id)? {
             let this = if device_id == web.device_id { " (this browser)" } else { "" };
             html.push_str(&format!(
@@ -363,7 +365,12 @@ async fn totp_disable(State(s): State<Arc<Services>>, request: Request) -> Respo
         return account_page(&s, &web, StatusCode::FORBIDDEN, Some(Err(text)));
     }
     if s.mfa.disable(&web.user_id).await.is_err() {
-        return account_page(&s, &web, StatusCode::INTERNAL_SERVER_ERROR, Some(Err("Something went wrong; try again.")));
+        return account_page(
+            &s,
+            &web,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Some(Err("Something went wrong; try again.")),
+        );
     }
     tracing::info!(user = %web.user_id, "TOTP disabled on the account page");
     account_page(&s, &web, StatusCode::OK, Some(Ok("Two-factor authentication is off.")))
@@ -387,7 +394,9 @@ async fn change_password(State(s): State<Arc<Services>>, request: Request) -> Re
     let logout = (fields.get("logout_others") == "1").then_some(Some(web.device_id.as_ref()));
     match s.change_password(&web.user_id, new.to_owned(), logout).await {
         Ok(()) => account_page(&s, &web, StatusCode::OK, Some(Ok("Your password was changed."))),
-        Err(_) => account_page(&s, &web, StatusCode::INTERNAL_SERVER_ERROR, Some(Err("Something went wrong; try again."))),
+        Err(_) => {
+            account_page(&s, &web, StatusCode::INTERNAL_SERVER_ERROR, Some(Err("Something went wrong; try again.")))
+        }
     }
 }
 
@@ -404,7 +413,12 @@ async fn sign_out_devices(State(s): State<Arc<Services>>, request: Request) -> R
         return account_page(&s, &web, StatusCode::FORBIDDEN, Some(Err(text)));
     }
     if s.remove_devices(&web.user_id, DeviceSelection::List(&devices), Batch::new()).await.is_err() {
-        return account_page(&s, &web, StatusCode::INTERNAL_SERVER_ERROR, Some(Err("Something went wrong; try again.")));
+        return account_page(
+            &s,
+            &web,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Some(Err("Something went wrong; try again.")),
+        );
     }
     if devices.contains(&web.device_id) {
         let mut response = password_page(StatusCode::OK, "", "", Some("This browser was signed out too."));
@@ -417,7 +431,10 @@ async fn sign_out_devices(State(s): State<Arc<Services>>, request: Request) -> R
 
 /// The code form for an address being added; `session` is `sid.client_secret`.
 fn email_code_page(status: StatusCode, address: &str, session: &str, message: Option<&str>) -> Response {
-    let intro = format!("We sent a code to <strong>{}</strong>. Enter it here, or open the link in the e-mail.", escape(address));
+    let intro = format!(
+        "We sent a code to <strong>{}</strong>. Enter it here, or open the link in the e-mail.",
+        escape(address)
+    );
     code_form_page(status, "Confirm your e-mail address", &intro, EMAIL_CONFIRM_PATH, ("session", session), message)
 }
 
@@ -484,7 +501,9 @@ async fn email_remove(State(s): State<Arc<Services>>, request: Request) -> Respo
     match s.users.remove_threepid(&web.user_id, "email", fields.get("address")).await {
         Ok(true) => account_page(&s, &web, StatusCode::OK, Some(Ok("The address was removed."))),
         Ok(false) => account_page(&s, &web, StatusCode::BAD_REQUEST, Some(Err("This account has no such address."))),
-        Err(_) => account_page(&s, &web, StatusCode::INTERNAL_SERVER_ERROR, Some(Err("Something went wrong; try again."))),
+        Err(_) => {
+            account_page(&s, &web, StatusCode::INTERNAL_SERVER_ERROR, Some(Err("Something went wrong; try again.")))
+        }
     }
 }
 
@@ -556,7 +575,11 @@ async fn register_form(State(s): State<Arc<Services>>, Query(query): Query<Regis
     }
     let redirect_url = query.redirect_url.unwrap_or_default();
     if !redirect_url.is_empty() && !redirect_allowed(&s, &redirect_url) {
-        return notice_page(StatusCode::BAD_REQUEST, "Create an account", "Signing up for this address is not allowed.");
+        return notice_page(
+            StatusCode::BAD_REQUEST,
+            "Create an account",
+            "Signing up for this address is not allowed.",
+        );
     }
     register_page(&s, StatusCode::OK, &RegisterValues { redirect_url: &redirect_url, ..Default::default() }, None)
 }
@@ -595,7 +618,11 @@ async fn register(State(s): State<Arc<Services>>, request: Request) -> Response 
         return again(StatusCode::FORBIDDEN, "This form expired; please send it again.");
     }
     if !values.redirect_url.is_empty() && !redirect_allowed(&s, values.redirect_url) {
-        return notice_page(StatusCode::BAD_REQUEST, "Create an account", "Signing up for this address is not allowed.");
+        return notice_page(
+            StatusCode::BAD_REQUEST,
+            "Create an account",
+            "Signing up for this address is not allowed.",
+        );
     }
     if s.ratelimit.check(Action::Registration, &remote).is_err() {
         return again(StatusCode::TOO_MANY_REQUESTS, "Too many attempts; wait a little and try again.");

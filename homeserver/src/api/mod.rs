@@ -3,9 +3,9 @@
 //! result into a response. Routes are registered from ruma's endpoint
 //! metadata, never from hand-written path strings.
 
+mod account_pages;
 pub mod admin;
 pub mod client;
-mod account_pages;
 mod pages;
 mod sso;
 mod uia_fallback;

@@ -73,7 +73,6 @@ pub(crate) fn error_line(message: Option<&str>) -> String {
     message.map(|m| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(m))).unwrap_or_default()
 }
 
-
 /// A page asking for a TOTP or recovery code, posting to `action` with the
 /// hidden field `hidden` and a new CSRF token. `intro` is HTML.
 pub(crate) fn code_form_page(
@@ -111,7 +110,6 @@ pub(crate) fn csrf_ok(headers: &HeaderMap, form_token: &str) -> bool {
     !a.is_empty() && constant_time_eq(a, b)
 }
 
-
 /// The headers, the client address (for the audit log) and the form.
 pub(crate) async fn read_form<T: serde::de::DeserializeOwned>(
     s: &Arc<Services>,
@@ -141,7 +139,9 @@ pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// `max_age` `Some(0)` deletes it, `None` makes it last the browser session.
 pub(crate) fn set_cookie(response: &mut Response, name: &str, value: &str, max_age: Option<u64>) {
     let age = max_age.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
-    if let Ok(cookie) = HeaderValue::from_str(&format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict{age}")) {
+    if let Ok(cookie) =
+        HeaderValue::from_str(&format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict{age}"))
+    {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
 }

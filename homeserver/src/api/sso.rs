@@ -101,7 +101,10 @@ pub(crate) fn password_page(status: StatusCode, redirect_url: &str, username: &s
     let register = if redirect_url.is_empty() {
         REGISTER_PATH.to_owned()
     } else {
-        format!("{REGISTER_PATH}?{}", url::form_urlencoded::Serializer::new(String::new()).append_pair("redirectUrl", redirect_url).finish())
+        format!(
+            "{REGISTER_PATH}?{}",
+            url::form_urlencoded::Serializer::new(String::new()).append_pair("redirectUrl", redirect_url).finish()
+        )
     };
     let body = format!(
         "{intro}{error}\
@@ -136,7 +139,11 @@ fn code_page(status: StatusCode, pending: &str, redirect_url: &str, message: Opt
 /// or (empty `redirect_url`) to the account page with a new session.
 pub(crate) async fn finish(s: &Services, user_id: &ruma::UserId, redirect_url: &str, remote: &str) -> Response {
     if redirect_url.is_empty() {
-        return match s.sessions.login(user_id, None, Some(super::pages::WEB_DEVICE_NAME.to_owned()), false, Some(remote.to_owned())).await {
+        return match s
+            .sessions
+            .login(user_id, None, Some(super::pages::WEB_DEVICE_NAME.to_owned()), false, Some(remote.to_owned()))
+            .await
+        {
             Ok(issued) => start_web_session(see_other(ACCOUNT_PATH), &issued.access_token),
             Err(_) => message_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong; try again."),
         };
@@ -240,4 +247,3 @@ async fn code(State(s): State<Arc<Services>>, request: Request) -> Response {
         }
     }
 }
-

@@ -124,10 +124,8 @@ impl Service {
     fn load(&self, sid: &str) -> Result<Option<Session>> {
         let tree = self.db.tree(trees::SID_EMAILVALIDATION)?;
         let Some(bytes) = tree.get(sid.as_bytes())? else { return Ok(None) };
-        let session = serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
-            tree: trees::SID_EMAILVALIDATION,
-            reason: e.to_string(),
-        })?;
+        let session = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageError::Corrupt { tree: trees::SID_EMAILVALIDATION, reason: e.to_string() })?;
         Ok(Some(session))
     }
 
@@ -140,7 +138,11 @@ impl Service {
 
     async fn save(&self, sid: &str, session: &Session) -> Result<()> {
         let mut batch = Batch::new();
-        batch.insert(trees::SID_EMAILVALIDATION, sid.as_bytes().to_vec(), serde_json::to_vec(session).expect("serializes"));
+        batch.insert(
+            trees::SID_EMAILVALIDATION,
+            sid.as_bytes().to_vec(),
+            serde_json::to_vec(session).expect("serializes"),
+        );
         self.db.commit(batch).await?;
         Ok(())
     }
@@ -250,7 +252,8 @@ impl Service {
     /// matches and the session was for `purpose`.
     pub fn verified_email(&self, sid: &str, client_secret: &str, purpose: Purpose) -> Result<Option<String>> {
         let Some(session) = self.load(sid)?.filter(|s| self.live(s, now_ms())) else { return Ok(None) };
-        let secret_ok = constant_time_eq(sha256_hex(&[client_secret]).as_bytes(), session.client_secret_hash.as_bytes());
+        let secret_ok =
+            constant_time_eq(sha256_hex(&[client_secret]).as_bytes(), session.client_secret_hash.as_bytes());
         Ok((secret_ok && session.purpose == purpose && session.validated_at.is_some()).then_some(session.email))
     }
 

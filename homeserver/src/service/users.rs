@@ -140,12 +140,8 @@ impl Service {
                 self.config.auth.min_password_length
             ));
         }
-        let classes: [fn(char) -> bool; 4] = [
-            |c| c.is_lowercase(),
-            |c| c.is_uppercase(),
-            |c| c.is_numeric(),
-            |c| !c.is_alphanumeric(),
-        ];
+        let classes: [fn(char) -> bool; 4] =
+            [|c| c.is_lowercase(), |c| c.is_uppercase(), |c| c.is_numeric(), |c| !c.is_alphanumeric()];
         let mixed = classes.iter().filter(|class| password.chars().any(|c| class(c))).count();
         if mixed < usize::from(self.config.auth.min_password_classes) {
             return Err(err!(

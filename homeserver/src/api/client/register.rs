@@ -140,14 +140,23 @@ pub async fn register_route(s: Arc<Services>, body: Ruma<register::v3::Request>)
             let result = match auth {
                 AuthData::Dummy(_) => Ok(StageResult::Done),
                 AuthData::RegistrationToken(t) if token_is_valid(&services, &t.token) => Ok(StageResult::Done),
-                AuthData::RegistrationToken(_) => Ok(StageResult::Failed(err!(Forbidden, "Invalid registration token"))),
+                AuthData::RegistrationToken(_) => {
+                    Ok(StageResult::Failed(err!(Forbidden, "Invalid registration token")))
+                }
                 AuthData::EmailIdentity(e) => {
                     let creds = &e.thirdparty_id_creds;
-                    match services.email.verified_email(creds.sid.as_str(), creds.client_secret.as_str(), Purpose::Registration) {
+                    match services.email.verified_email(
+                        creds.sid.as_str(),
+                        creds.client_secret.as_str(),
+                        Purpose::Registration,
+                    ) {
                         Ok(Some(address)) => match services.users.email_owner(&address) {
-                            Ok(Some(_)) => Ok(StageResult::Failed(err!(ThreepidInUse, "This e-mail address is already in use"))),
+                            Ok(Some(_)) => {
+                                Ok(StageResult::Failed(err!(ThreepidInUse, "This e-mail address is already in use")))
+                            }
                             Ok(None) => {
-                                *verified.lock().unwrap_or_else(|e| e.into_inner()) = Some((address, creds.sid.to_string()));
+                                *verified.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Some((address, creds.sid.to_string()));
                                 Ok(StageResult::Done)
                             }
                             Err(e) => Err(e),
@@ -184,8 +193,7 @@ pub async fn register_route(s: Arc<Services>, body: Ruma<register::v3::Request>)
         displayname,
         email,
         email_verified: session.is_some(),
-        device: (!req.inhibit_login)
-            .then(|| (req.device_id.clone(), req.initial_device_display_name.clone())),
+        device: (!req.inhibit_login).then(|| (req.device_id.clone(), req.initial_device_display_name.clone())),
         refresh_token: req.refresh_token,
         remote: body.remote_str(),
     };

@@ -50,7 +50,7 @@ pub fn js_dir() -> PathBuf {
 fn install_dependencies(js: &Path) {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if js.join("node_modules/matrix-js-sdk/package.json").is_file() {
+    if installed(js) {
         return;
     }
     let npm = std::env::var_os("HEARTH_NPM").unwrap_or_else(|| OsString::from("npm"));
@@ -62,10 +62,37 @@ fn install_dependencies(js: &Path) {
             panic!("could not run `{}` to install the matrix-js-sdk tests' dependencies: {e}", npm.to_string_lossy())
         });
     assert!(
-        status.success() && js.join("node_modules/matrix-js-sdk/package.json").is_file(),
-        "`npm ci --prefix {}` failed ({status}); the matrix-js-sdk tests need Node.js 20 or newer and npm",
+        status.success() && installed(js),
+        "`npm ci --prefix {}` failed ({status}); the JavaScript tests need Node.js 20 or newer and npm",
         js.display()
     );
+}
+
+/// Whether every package of `package.json` is in `node_modules`.
+fn installed(js: &Path) -> bool {
+    ["matrix-js-sdk", "@matrix-org/matrix-sdk-crypto-wasm", "playwright-core", "otpauth"]
+        .iter()
+        .all(|p| js.join("node_modules").join(p).join("package.json").is_file())
+}
+
+/// Runs one of the Node scripts in `js/` to completion (killed after
+/// `timeout`), with the npm dependencies installed first. Returns whether it
+/// succeeded, and its stdout and stderr.
+pub async fn run_script(script: &str, env: &[(&str, &str)], timeout: Duration) -> (bool, String, String) {
+    let js = js_dir();
+    install_dependencies(&js);
+    let node = std::env::var_os("HEARTH_NODE").unwrap_or_else(|| OsString::from("node"));
+    let mut command = Command::new(node);
+    command.arg(js.join(script)).current_dir(&js).envs(env.iter().copied()).kill_on_drop(true);
+    let output = tokio::time::timeout(timeout, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish within {timeout:?}"))
+        .unwrap_or_else(|e| panic!("could not run node {script}: {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// A running `driver.mjs` process. It may hold several matrix-js-sdk clients,

@@ -3,7 +3,7 @@
 //! in with the code, change the password, sign devices out, turn the app
 //! off; and sign-up with a verified e-mail that returns to a client.
 
-use complement_tests::{Server, SmtpSink};
+use complement_tests::{Server, SmtpSink, js::run_script};
 use serde_json::json;
 
 use crate::{
@@ -297,4 +297,34 @@ async fn registration_page_verifies_the_email_and_returns_to_the_client() {
     let (status, _, _) =
         b.post(&confirm, form(&[("csrf", &field(&page, "csrf")), ("pending", &pending), ("code", &code)])).await;
     assert_eq!(status, 403);
+}
+
+/// A real browser: headless Chromium, driven by Playwright
+/// (`js/browser_signup.mjs`), signs up on the registration page, sets up
+/// an authenticator app from the key the page shows, signs out and signs
+/// back in with a code. The server then holds an account that needs the
+/// second factor, and a recovery code the page showed works over the API.
+#[tokio::test]
+async fn chromium_signs_up_enrols_totp_and_signs_in_with_a_code() {
+    let s = Server::start().await;
+    let env = [("HEARTH_URL", s.url.as_str()), ("HEARTH_USER", "petra"), ("HEARTH_PASSWORD", "petra pw 12")];
+    let (ok, stdout, stderr) = run_script("browser_signup.mjs", &env, std::time::Duration::from_secs(120)).await;
+    assert!(ok, "the browser run failed:\n{stdout}\n{stderr}");
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(result["userId"], "@petra:localhost");
+    let (status, body) = s.login("petra", "petra pw 12").await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({
+                "type": "org.hearth.login.password_totp",
+                "identifier": { "type": "m.id.user", "user": "petra" },
+                "password": "petra pw 12",
+                "code": result["recoveryCode"],
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 }

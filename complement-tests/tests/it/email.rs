@@ -96,6 +96,12 @@ async fn registration_requires_a_verified_email_when_smtp_is_configured() {
     assert_eq!(pids["threepids"][0]["address"], "ann@example.org", "{pids}");
     assert!(pids["threepids"][0]["validated_at"].as_u64().unwrap() > 0, "{pids}");
 
+    // Neither the code nor the password is in the server's log.
+    let log = s.log();
+    assert!(!log.contains(&code) && !log.contains("ann pw 12"), "a secret reached the log");
+    let (_, caps) = s.get("/_matrix/client/v3/capabilities", Some(token)).await;
+    assert_eq!(caps["capabilities"]["m.3pid_changes"]["enabled"], true);
+
     // The address is taken now, for registration and for adding.
     for path in [REG_TOKEN, ADD_TOKEN] {
         let (status, resp) = request_token(&s, path, "ann@example.org", "secret2", 1).await;

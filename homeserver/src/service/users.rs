@@ -142,7 +142,7 @@ impl Service {
         }
         let classes: [fn(char) -> bool; 4] =
             [|c| c.is_lowercase(), |c| c.is_uppercase(), |c| c.is_numeric(), |c| !c.is_alphanumeric()];
-        let mixed = classes.iter().filter(|class| password.chars().any(|c| class(c))).count();
+        let mixed = classes.iter().filter(|class| password.chars().any(class)).count();
         if mixed < usize::from(self.config.auth.min_password_classes) {
             return Err(err!(
                 WeakPassword,

@@ -55,7 +55,7 @@ pub async fn redact_event_route(
 
 /// `GET /_matrix/client/v3/capabilities`
 #[allow(deprecated)] // set_displayname and set_avatar_url are still read by older clients.
-pub async fn get_capabilities_route(_: Arc<Services>, _: Ruma<caps::Request>) -> Result<caps::Response> {
+pub async fn get_capabilities_route(s: Arc<Services>, _: Ruma<caps::Request>) -> Result<caps::Response> {
     let mut c = caps::Capabilities::new();
     c.change_password = caps::ChangePasswordCapability::new(true);
     c.set_displayname = caps::SetDisplayNameCapability::new(true);
@@ -63,7 +63,8 @@ pub async fn get_capabilities_route(_: Arc<Services>, _: Ruma<caps::Request>) ->
     let mut fields = caps::ProfileFieldsCapability::new(true);
     fields.allowed = Some(vec!["displayname".into(), "avatar_url".into()]);
     c.profile_fields = Some(fields);
-    c.thirdparty_id_changes = caps::ThirdPartyIdChangesCapability::new(false);
+    // Addresses can be added only when the server can verify them.
+    c.thirdparty_id_changes = caps::ThirdPartyIdChangesCapability::new(s.email.enabled());
     c.room_versions = caps::RoomVersionsCapability::new(
         DEFAULT_VERSION,
         SUPPORTED_VERSIONS.iter().map(|v| (v.clone(), caps::RoomVersionStability::Stable)).collect(),

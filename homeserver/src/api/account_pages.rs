@@ -34,8 +34,8 @@ use super::{
     AppState,
     client::register::{Signup, create_account, new_user_id, token_is_valid},
     pages::{
-        SESSION_COOKIE, WEB_DEVICE_NAME, code_form_page, cookie, csrf_ok, error_line, escape, notice_page, page,
-        read_form, see_other, set_cookie,
+        SESSION_COOKIE, WEB_DEVICE_NAME, WEB_SESSION_SECS, code_form_page, cookie, csrf_ok, error_line, escape,
+        notice_page, page, read_form, see_other, set_cookie,
     },
     sso::{finish, password_page, redirect_allowed},
 };
@@ -88,8 +88,24 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 
 /// Adds the account page's session cookie to a response.
 pub(crate) fn start_web_session(mut response: Response, access_token: &str) -> Response {
-    set_cookie(&mut response, SESSION_COOKIE, access_token, None);
+    set_cookie(&mut response, SESSION_COOKIE, access_token, Some(WEB_SESSION_SECS));
     response
+}
+
+/// Signs out the user's account-page sessions older than
+/// [`WEB_SESSION_SECS`] (closed browsers never sign out themselves).
+pub(crate) async fn sweep_web_sessions(s: &Services, user_id: &ruma::UserId) {
+    let Ok(devices) = s.sessions.devices(user_id) else { return };
+    let expired: Vec<OwnedDeviceId> =
+        devices.into_iter().filter(|(_, d)| web_session_expired(d)).map(|(id, _)| id).collect();
+    if !expired.is_empty() {
+        let _ = s.remove_devices(user_id, DeviceSelection::List(&expired), Batch::new()).await;
+    }
+}
+
+fn web_session_expired(device: &crate::service::sessions::Device) -> bool {
+    device.display_name.as_deref() == Some(WEB_DEVICE_NAME)
+        && crate::util::now_ms().saturating_sub(device.created_ts) > WEB_SESSION_SECS * 1000
 }
 
 /// The fields of a posted form, in order (a name may repeat).
@@ -115,7 +131,10 @@ struct WebUser {
 fn web_user(s: &Services, headers: &HeaderMap) -> Option<(OwnedUserId, OwnedDeviceId)> {
     let token = cookie(headers, SESSION_COOKIE)?;
     match s.sessions.authenticate(&token).ok()? {
-        TokenStatus::Valid { user_id, device_id } => Some((user_id, device_id)),
+        TokenStatus::Valid { user_id, device_id } => {
+            let device = s.sessions.device(&user_id, &device_id).ok()??;
+            (!web_session_expired(&device)).then_some((user_id, device_id))
+        }
         _ => None,
     }
 }
@@ -783,5 +802,29 @@ async fn verify(State(s): State<Arc<Services>>, request: Request) -> Response {
         }
         Ok(Submitted::Wrong) => notice_page(StatusCode::FORBIDDEN, title, "This link is not valid."),
         _ => notice_page(StatusCode::FORBIDDEN, title, "This link expired; ask for a new code."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::sessions::Device;
+
+    fn device(name: &str, age_secs: u64) -> Device {
+        Device {
+            display_name: Some(name.to_owned()),
+            last_seen_ip: None,
+            last_seen_ts: None,
+            created_ts: crate::util::now_ms() - age_secs * 1000,
+            access_token_hash: String::new(),
+            refresh_token_hash: None,
+        }
+    }
+
+    #[test]
+    fn account_page_sessions_end_after_their_lifetime_and_other_devices_never() {
+        assert!(!web_session_expired(&device(WEB_DEVICE_NAME, 60)));
+        assert!(web_session_expired(&device(WEB_DEVICE_NAME, WEB_SESSION_SECS + 60)));
+        assert!(!web_session_expired(&device("Element", WEB_SESSION_SECS * 10)));
     }
 }

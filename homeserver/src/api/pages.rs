@@ -25,6 +25,8 @@ const CSRF_COOKIE: &str = "__Host-hearth_csrf";
 /// [`WEB_DEVICE_NAME`], so it is listed and can be signed out like any other.
 pub const SESSION_COOKIE: &str = "__Host-hearth_session";
 pub const WEB_DEVICE_NAME: &str = "Account page (browser)";
+/// How long an account-page session lasts from its sign-in.
+pub const WEB_SESSION_SECS: u64 = 12 * 3600;
 
 pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 use super::{
     AppState,
-    account_pages::{ACCOUNT_PATH, REGISTER_PATH, start_web_session},
+    account_pages::{ACCOUNT_PATH, REGISTER_PATH, start_web_session, sweep_web_sessions},
     pages::{code_form_page, csrf_ok, error_line, escape, message_page, page, read_form, see_other},
 };
 use crate::{
@@ -144,7 +144,10 @@ pub(crate) async fn finish(s: &Services, user_id: &ruma::UserId, redirect_url: &
             .login(user_id, None, Some(super::pages::WEB_DEVICE_NAME.to_owned()), false, Some(remote.to_owned()))
             .await
         {
-            Ok(issued) => start_web_session(see_other(ACCOUNT_PATH), &issued.access_token),
+            Ok(issued) => {
+                sweep_web_sessions(s, user_id).await;
+                start_web_session(see_other(ACCOUNT_PATH), &issued.access_token)
+            }
             Err(_) => message_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong; try again."),
         };
     }

@@ -27,6 +27,22 @@ fn email_auth(sid: &str, secret: &str, session: &str) -> Value {
     })
 }
 
+/// Registers `user` with `email` verified through the sink; returns the
+/// user ID and access token.
+async fn register_verified(s: &Server, sink: &SmtpSink, user: &str, password: &str, email: &str) -> (String, String) {
+    let (_, body) = request_token(s, REG_TOKEN, email, "reg", 1).await;
+    let sid = body["sid"].as_str().unwrap().to_owned();
+    let (code, _) = sink.last_code_for(email);
+    s.post("/_hearth/email/submit_token", None, json!({ "sid": sid, "client_secret": "reg", "token": code })).await;
+    let (_, first) = s.post(REG, None, json!({ "username": user, "password": password })).await;
+    let session = first["session"].as_str().unwrap();
+    let (status, resp) = s
+        .post(REG, None, json!({ "username": user, "password": password, "auth": email_auth(&sid, "reg", session) }))
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    (resp["user_id"].as_str().unwrap().to_owned(), resp["access_token"].as_str().unwrap().to_owned())
+}
+
 async fn request_token(s: &Server, path: &str, email: &str, secret: &str, attempt: u64) -> (u16, Value) {
     s.post(path, None, json!({ "client_secret": secret, "email": email, "send_attempt": attempt })).await
 }
@@ -136,23 +152,7 @@ async fn email_verification_stops_after_five_wrong_codes() {
 #[tokio::test]
 async fn an_address_added_through_the_emailed_link_survives_a_restart() {
     let (mut s, sink) = start_with_sink().await;
-    // Registration itself needs an address here: verify one first.
-    let (_, body) = request_token(&s, REG_TOKEN, "bea@example.org", "reg", 1).await;
-    let sid = body["sid"].as_str().unwrap().to_owned();
-    let (code, _) = sink.last_code_for("bea@example.org");
-    s.post("/_hearth/email/submit_token", None, json!({ "sid": sid, "client_secret": "reg", "token": code })).await;
-    let (_, first) = s.post(REG, None, json!({ "username": "bea", "password": "bea pw 12" })).await;
-    let session = first["session"].as_str().unwrap();
-    let (status, resp) = s
-        .post(
-            REG,
-            None,
-            json!({ "username": "bea", "password": "bea pw 12", "auth": email_auth(&sid, "reg", session) }),
-        )
-        .await;
-    assert_eq!(status, 200, "{resp}");
-    let token = resp["access_token"].as_str().unwrap().to_owned();
-    let user_id = resp["user_id"].as_str().unwrap().to_owned();
+    let (user_id, token) = register_verified(&s, &sink, "bea", "bea pw 12", "bea@example.org").await;
 
     let (status, body) = request_token(&s, ADD_TOKEN, "bea.work@example.org", "add", 1).await;
     assert_eq!(status, 200, "{body}");
@@ -226,4 +226,48 @@ async fn without_smtp_the_email_is_stored_unverified() {
     assert_eq!(pids["threepids"][0]["validated_at"], 0);
     let (_, caps) = s.get("/_matrix/client/v3/capabilities", resp["access_token"].as_str()).await;
     assert_eq!(caps["capabilities"]["m.3pid_changes"]["enabled"], false, "{caps}");
+}
+
+/// A forgotten password: a code sent to the account's verified address
+/// proves the owner, `POST /account/password` without an access token sets
+/// the new password and signs every device out; an unknown address is
+/// refused, and nothing changes before the code is entered.
+#[tokio::test]
+async fn a_forgotten_password_is_reset_through_the_emailed_code() {
+    let (s, sink) = start_with_sink().await;
+    let (user_id, token) = register_verified(&s, &sink, "fay", "fay pw 12", "fay@example.org").await;
+    let reset_token = "/_matrix/client/v3/account/password/email/requestToken";
+    let (status, resp) = request_token(&s, reset_token, "nobody@example.org", "reset", 1).await;
+    assert_eq!((status, resp["errcode"].as_str()), (400, Some("M_THREEPID_NOT_FOUND")), "{resp}");
+    let (status, resp) = request_token(&s, reset_token, "FAY@example.org", "reset", 1).await;
+    assert_eq!(status, 200, "{resp}");
+    let sid = resp["sid"].as_str().unwrap().to_owned();
+    let (code, _) = sink.last_code_for("fay@example.org");
+
+    let path = "/_matrix/client/v3/account/password";
+    let reset = json!({
+        "new_password": "fay new pw 34",
+        "auth": { "type": "m.login.email.identity", "threepid_creds": { "sid": sid, "client_secret": "reset" } },
+    });
+    let (status, resp) = s.post(path, None, reset.clone()).await;
+    assert_eq!((status, resp["errcode"].as_str()), (401, Some("M_THREEPID_AUTH_FAILED")), "{resp}");
+    let (status, _) = s.login("fay", "fay pw 12").await;
+    assert_eq!(status, 200, "the password is unchanged before the code");
+
+    let submit = json!({ "sid": sid, "client_secret": "reset", "token": code });
+    s.post("/_hearth/email/submit_token", None, submit).await;
+    let (status, resp) = s.post(path, None, json!({ "new_password": "short", "auth": reset["auth"] })).await;
+    assert_eq!((status, resp["errcode"].as_str()), (400, Some("M_WEAK_PASSWORD")), "{resp}");
+    let (status, resp) = s.post(path, None, reset.clone()).await;
+    assert_eq!(status, 200, "{resp}");
+    let (status, _) = s.get("/_matrix/client/v3/account/whoami", Some(&token)).await;
+    assert_eq!(status, 401, "every device is signed out");
+    let (status, _) = s.login("fay", "fay pw 12").await;
+    assert_eq!(status, 403);
+    let (status, _) = s.login("fay", "fay new pw 34").await;
+    assert_eq!(status, 200);
+    // The session is spent.
+    let (status, _) = s.post(path, None, reset).await;
+    assert_eq!(status, 401);
+    assert!(s.audit_events().iter().any(|e| e["event"] == "password_reset" && e["user"] == user_id.as_str()));
 }

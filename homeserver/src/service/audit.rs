@@ -20,6 +20,7 @@ pub enum AuditKind {
     UiaPasswordFailed,
     MfaFailed,
     RecoveryCodeUsed,
+    PasswordReset,
 }
 
 impl AuditKind {
@@ -32,6 +33,7 @@ impl AuditKind {
             Self::UiaPasswordFailed => "uia_password_failed",
             Self::MfaFailed => "mfa_failed",
             Self::RecoveryCodeUsed => "recovery_code_used",
+            Self::PasswordReset => "password_reset",
         }
     }
 }

@@ -38,6 +38,8 @@ const MAX_SENDS: usize = 5;
 pub enum Purpose {
     Registration,
     AddThreepid,
+    /// Resetting the password of the account the address belongs to.
+    PasswordReset,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -16,6 +16,7 @@ use crate::{
     service::{
         Services,
         audit::AuditKind,
+        email::Purpose,
         password_auth,
         uiaa::{self, StageResult},
     },
@@ -91,15 +92,69 @@ pub async fn whoami_route(_: Arc<Services>, body: Ruma<whoami::v3::Request>) -> 
 }
 
 /// `POST /_matrix/client/v3/account/password`
+///
+/// With an access token: UIA with the password (and the second factor).
+/// Without one (a forgotten password): UIA `m.login.email.identity` with a
+/// session of `/account/password/email/requestToken`; the account is the
+/// one the verified address belongs to. A second factor stays in place, so
+/// the new password alone still does not log in to such an account.
 pub async fn change_password_route(
     s: Arc<Services>,
     body: Ruma<change_password::v3::Request>,
 ) -> Result<change_password::v3::Response> {
+    if body.sender_user.is_none() {
+        return reset_password_by_email(&s, &body).await;
+    }
     let user_id = body.user()?.to_owned();
     require_password(&s, body.body.auth.as_ref(), &user_id, &body.remote_str()).await?;
     s.users.check_password_strength(&body.body.new_password)?;
     let logout = body.body.logout_devices.then_some(body.sender_device.as_deref());
     s.change_password(&user_id, body.body.new_password.clone(), logout).await?;
+    Ok(change_password::v3::Response::new())
+}
+
+async fn reset_password_by_email(
+    s: &Arc<Services>,
+    body: &Ruma<change_password::v3::Request>,
+) -> Result<change_password::v3::Response> {
+    if !s.email.enabled() {
+        return Err(err!(MissingToken, "Missing access token (this server cannot reset passwords by e-mail)"));
+    }
+    let owner = std::sync::Mutex::new(None::<(OwnedUserId, String)>);
+    let services = s.clone();
+    s.uiaa
+        .authenticate(&[&[uiaa::EMAIL_IDENTITY]], body.body.auth.as_ref(), None, |auth| {
+            let result = (|| {
+                let AuthData::EmailIdentity(e) = auth else {
+                    return Ok(StageResult::Failed(err!(Forbidden, "Unsupported authentication stage")));
+                };
+                let creds = &e.thirdparty_id_creds;
+                let verified = services.email.verified_email(
+                    creds.sid.as_str(),
+                    creds.client_secret.as_str(),
+                    Purpose::PasswordReset,
+                )?;
+                let Some(user_id) = verified.map(|a| services.users.email_owner(&a)).transpose()?.flatten() else {
+                    return Ok(StageResult::Failed(err!(
+                        ThreepidAuthFailed,
+                        "The e-mail address is not verified yet: enter the code or open the link sent to it"
+                    )));
+                };
+                *owner.lock().unwrap_or_else(|e| e.into_inner()) = Some((user_id, creds.sid.to_string()));
+                Ok(StageResult::Done)
+            })();
+            async move { result }
+        })
+        .await?;
+    let Some((user_id, sid)) = owner.into_inner().unwrap_or_else(|e| e.into_inner()) else {
+        return Err(err!(ThreepidAuthFailed, "A verified e-mail address is required"));
+    };
+    s.users.check_password_strength(&body.body.new_password)?;
+    let logout = body.body.logout_devices.then_some(None);
+    s.change_password(&user_id, body.body.new_password.clone(), logout).await?;
+    s.email.finish(&sid).await?;
+    s.audit.record(AuditKind::PasswordReset, Some(user_id.as_str()), &body.remote_str(), "reset by e-mail");
+    tracing::info!(user = %user_id, "password reset by e-mail");
     Ok(change_password::v3::Response::new())
 }
 

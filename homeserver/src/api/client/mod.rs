@@ -53,6 +53,9 @@ pub fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
         .ruma_route::<c::account::request_3pid_management_token_via_email::v3::Request, _, _>(
             threepid::account_email_request_token_route,
         )
+        .ruma_route::<c::account::request_password_change_token_via_email::v3::Request, _, _>(
+            threepid::password_email_request_token_route,
+        )
         .ruma_route::<c::account::add_3pid::v3::Request, _, _>(threepid::add_3pid_route)
         .ruma_route::<c::account::delete_3pid::v3::Request, _, _>(threepid::delete_3pid_route)
         .ruma_route::<c::device::get_devices::v3::Request, _, _>(device::get_devices_route)

@@ -13,7 +13,7 @@ use axum::{
 use ruma::{
     api::client::account::{
         ThirdPartyIdRemovalStatus, add_3pid, delete_3pid, request_3pid_management_token_via_email,
-        request_registration_token_via_email,
+        request_password_change_token_via_email, request_registration_token_via_email,
     },
     thirdparty::Medium,
 };
@@ -46,7 +46,8 @@ fn submit_url(s: &Services) -> String {
     format!("{}{SUBMIT_PATH}", s.config.client_base_url().trim_end_matches('/'))
 }
 
-/// Checks that the address is free and sends a code.
+/// Checks that the address is free (or, for a password reset, that it
+/// belongs to an account) and sends a code.
 async fn request_token(
     s: &Services,
     purpose: Purpose,
@@ -58,8 +59,12 @@ async fn request_token(
 ) -> Result<String> {
     s.ratelimit.check(Action::Registration, remote)?;
     let address = normalise_address(email)?;
-    if s.users.email_owner(&address)?.is_some() {
-        return Err(err!(ThreepidInUse, "This e-mail address is already in use"));
+    match (purpose, s.users.email_owner(&address)?) {
+        (Purpose::PasswordReset, None) => {
+            return Err(err!(ThreepidNotFound, "No account has this verified e-mail address"));
+        }
+        (Purpose::PasswordReset, Some(_)) | (_, None) => {}
+        (_, Some(_)) => return Err(err!(ThreepidInUse, "This e-mail address is already in use")),
     }
     // A link the server may not redirect to is ignored, not refused: the
     // code still works, and the page then says to return to the app.
@@ -108,6 +113,27 @@ pub async fn account_email_request_token_route(
     )
     .await?;
     let mut response = request_3pid_management_token_via_email::v3::Response::new(session_id(sid)?);
+    response.submit_url = Some(submit_url(&s));
+    Ok(response)
+}
+
+/// `POST /_matrix/client/v3/account/password/email/requestToken`
+pub async fn password_email_request_token_route(
+    s: Arc<Services>,
+    body: Ruma<request_password_change_token_via_email::v3::Request>,
+) -> Result<request_password_change_token_via_email::v3::Response> {
+    let req = &body.body;
+    let sid = request_token(
+        &s,
+        Purpose::PasswordReset,
+        &req.email,
+        req.client_secret.as_str(),
+        req.send_attempt.into(),
+        req.next_link.as_deref(),
+        &body.remote_str(),
+    )
+    .await?;
+    let mut response = request_password_change_token_via_email::v3::Response::new(session_id(sid)?);
     response.submit_url = Some(submit_url(&s));
     Ok(response)
 }

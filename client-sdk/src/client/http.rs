@@ -210,7 +210,8 @@ impl Http {
 
     /// Sends a JSON request that may ask for user-interactive
     /// authentication, and completes it with the password (or the dummy
-    /// stage, or a registration token). Other stages are refused with
+    /// stage, a registration token, or a second-factor code). Other stages
+    /// are refused with
     /// [`ClientError::UnsupportedAuth`].
     pub(crate) async fn with_uia(
         &self,
@@ -271,12 +272,17 @@ fn parse_answer(path: &str, status: u16, answer: &[u8]) -> Result<Value, ClientE
     serde_json::from_slice(answer).map_err(|e| ClientError::Response(format!("{path}: {e}")))
 }
 
+/// Hearth's second-factor UIA stage.
+const TOTP_STAGE: &str = "org.hearth.login.totp";
+
 /// What the client can answer user-interactive authentication with.
 pub(crate) struct UiaSecrets<'a> {
     /// The user ID and password, for `m.login.password`.
     pub(crate) password: Option<(&'a str, &'a str)>,
     /// A registration token, for `m.login.registration_token`.
     pub(crate) registration_token: Option<&'a str>,
+    /// A TOTP or recovery code, for Hearth's `org.hearth.login.totp` stage.
+    pub(crate) code: Option<&'a str>,
 }
 
 impl UiaSecrets<'_> {
@@ -285,6 +291,7 @@ impl UiaSecrets<'_> {
             "m.login.dummy" => true,
             "m.login.password" => self.password.is_some(),
             "m.login.registration_token" => self.registration_token.is_some(),
+            TOTP_STAGE => self.code.is_some(),
             _ => false,
         }
     }
@@ -303,6 +310,7 @@ impl UiaSecrets<'_> {
             "m.login.registration_token" => {
                 json!({ "type": stage, "token": self.registration_token.unwrap_or_default(), "session": session })
             }
+            TOTP_STAGE => json!({ "type": stage, "code": self.code.unwrap_or_default(), "session": session }),
             _ => json!({ "type": stage, "session": session }),
         }
     }

@@ -280,7 +280,8 @@ impl Client {
         if let Some(email) = &registration.email {
             body["email"] = json!(email);
         }
-        let secrets = UiaSecrets { password: None, registration_token: registration.registration_token.as_deref() };
+        let secrets =
+            UiaSecrets { password: None, registration_token: registration.registration_token.as_deref(), code: None };
         let answer = self.http.with_uia("POST", "/_matrix/client/v3/register", body, &secrets).await?;
         let field = |name: &str| {
             answer[name]
@@ -403,11 +404,24 @@ impl Client {
     }
 
     /// Signs another of the user's devices out, confirming with the
-    /// password.
+    /// password. An account with a second factor needs
+    /// [`Client::delete_device_with_code`].
     pub async fn delete_device(&self, device_id: &str, password: &str) -> Result<(), ClientError> {
+        self.delete_device_with_code(device_id, password, None).await
+    }
+
+    /// Signs another of the user's devices out, confirming with the
+    /// password and, for an account with a second factor, a current TOTP
+    /// code or a recovery code.
+    pub async fn delete_device_with_code(
+        &self,
+        device_id: &str,
+        password: &str,
+        code: Option<&str>,
+    ) -> Result<(), ClientError> {
         let user = self.user_id()?;
         let path = format!("/_matrix/client/v3/devices/{}", urlencode(device_id));
-        let secrets = UiaSecrets { password: Some((user.as_str(), password)), registration_token: None };
+        let secrets = UiaSecrets { password: Some((user.as_str(), password)), registration_token: None, code };
         self.http.with_uia("DELETE", &path, json!({}), &secrets).await.map(|_| ())
     }
 

@@ -248,3 +248,29 @@ async fn sensitive_operations_ask_for_the_second_factor() {
     let (status, _) = s.get("/_matrix/client/v3/devices", Some(other["access_token"].as_str().unwrap())).await;
     assert_eq!(status, 401, "the deleted device's token still works");
 }
+
+/// The client SDK answers the second-factor UIA stage: deleting a device
+/// of an account with TOTP fails with the password alone (the stages are
+/// named) and works with a recovery code.
+#[tokio::test]
+async fn client_sdk_deletes_a_device_with_the_second_factor() {
+    use hearth_client_sdk::{Client, ClientError, Store, TlsTrust};
+
+    let s = Server::start().await;
+    let ivy = s.register("ivy", "ivy pw 1").await;
+    let (secret, recovery) = enrol(&s, &ivy.access_token, &ivy.user_id, "ivy pw 1").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let ca = dir.path().join("server.pem");
+    std::fs::write(&ca, s.certificate_pem()).unwrap();
+    let store = Store::open(&dir.path().join("store"), "store passphrase").unwrap();
+    let client = Client::new(&s.url, &TlsTrust::CaFile(ca), store).unwrap();
+    client.login_with_code("ivy", "ivy pw 1", &code(&secret, 30)).await.expect("login with a code");
+
+    let err = client.delete_device(&ivy.device_id, "ivy pw 1").await.expect_err("needs the code");
+    assert!(matches!(&err, ClientError::UnsupportedAuth(stages) if stages.contains("org.hearth.login.totp")), "{err}");
+    let (status, _) = s.get("/_matrix/client/v3/account/whoami", Some(&ivy.access_token)).await;
+    assert_eq!(status, 200, "nothing was deleted");
+    client.delete_device_with_code(&ivy.device_id, "ivy pw 1", Some(&recovery[0])).await.expect("deleted");
+    let (status, _) = s.get("/_matrix/client/v3/account/whoami", Some(&ivy.access_token)).await;
+    assert_eq!(status, 401);
+}

@@ -10,14 +10,16 @@
 //! It starts the server on free loopback ports with a temporary data
 //! directory and reports registration time, send throughput from 8
 //! concurrent clients into one room, send→/sync latency percentiles,
-//! initial /sync time for users in 50 and 500 rooms, and peak RSS.
+//! initial /sync time for users in 50 and 500 rooms, and peak RSS; then,
+//! on a second server that sends e-mail to a loopback SMTP sink, the time
+//! of an e-mail code request and of a login with password and TOTP code.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use complement_tests::{Account, Server};
+use complement_tests::{Account, Server, SmtpSink, password_auth};
 use serde_json::{Value, json};
 
 const V3: &str = "/_matrix/client/v3";
@@ -152,4 +154,91 @@ async fn main() {
     if let Some(kib) = peak_rss_kib(s.pid()) {
         println!("peak RSS: {:.0} MiB", kib as f64 / 1024.0);
     }
+    auth_figures().await;
+}
+
+/// The code an authenticator app shows `offset_secs` from now.
+fn totp_code(secret: &str, offset_secs: u64) -> String {
+    let bytes = totp_rs::Secret::try_from_base32(secret).expect("base32").as_bytes().to_vec();
+    let totp = totp_rs::Builder::new().with_secret(bytes).build().expect("totp");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    totp.generate(now + offset_secs).to_string()
+}
+
+/// E-mail code requests (delivered over SMTP to a loopback sink before the
+/// answer) and logins with password and TOTP code.
+async fn auth_figures() {
+    let sink = SmtpSink::start().await;
+    let env = sink.env();
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Server::start_with(&pairs).await;
+
+    let n = 50;
+    let mut samples = Vec::new();
+    for i in 0..n {
+        let t0 = Instant::now();
+        let body =
+            json!({ "client_secret": format!("secret{i}"), "email": format!("u{i}@bench.test"), "send_attempt": 1 });
+        let (status, r) = s.post(&format!("{V3}/register/email/requestToken"), None, body).await;
+        assert_eq!(status, 200, "{r}");
+        samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    assert_eq!(sink.messages().len(), n);
+    samples.sort_by(f64::total_cmp);
+    println!(
+        "e-mail code request (SMTP to loopback): p50 {:.1} ms, p95 {:.1} ms ({n} requests)",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.95)
+    );
+
+    // Accounts with TOTP, each logging in once with the next code (a code
+    // is accepted once per account). Registration needs a verified
+    // address on this server, so each account verifies one first.
+    let n = 10;
+    let mut accounts = Vec::new();
+    for i in 0..n {
+        let (user, password, email) = (format!("totp{i}"), "benchmark password", format!("totp{i}@bench.test"));
+        let body = json!({ "client_secret": "reg", "email": email, "send_attempt": 1 });
+        let (_, r) = s.post(&format!("{V3}/register/email/requestToken"), None, body).await;
+        let sid = r["sid"].as_str().unwrap().to_owned();
+        let (code, _) = sink.last_code_for(&email);
+        s.post("/_hearth/email/submit_token", None, json!({ "sid": sid, "client_secret": "reg", "token": code })).await;
+        let (_, first) =
+            s.post(&format!("{V3}/register"), None, json!({ "username": user, "password": password })).await;
+        let auth = json!({ "type": "m.login.email.identity", "threepid_creds": { "sid": sid, "client_secret": "reg" }, "session": first["session"] });
+        let (status, r) = s
+            .post(&format!("{V3}/register"), None, json!({ "username": user, "password": password, "auth": auth }))
+            .await;
+        assert_eq!(status, 200, "{r}");
+        let (token, user_id) =
+            (r["access_token"].as_str().unwrap().to_owned(), r["user_id"].as_str().unwrap().to_owned());
+        let totp = "/_matrix/client/unstable/org.hearth.mfa/totp";
+        let (_, uia) = s.post(&format!("{totp}/enrol"), Some(&token), json!({})).await;
+        let auth = password_auth(&user_id, password, uia["session"].as_str());
+        let (_, enrolment) = s.post(&format!("{totp}/enrol"), Some(&token), json!({ "auth": auth })).await;
+        let secret = enrolment["secret"].as_str().unwrap().to_owned();
+        let (status, r) =
+            s.post(&format!("{totp}/confirm"), Some(&token), json!({ "code": totp_code(&secret, 0) })).await;
+        assert_eq!(status, 200, "{r}");
+        accounts.push((user, secret));
+    }
+    let mut samples = Vec::new();
+    for (user, secret) in &accounts {
+        let body = json!({
+            "type": "org.hearth.login.password_totp",
+            "identifier": { "type": "m.id.user", "user": user },
+            "password": "benchmark password",
+            "code": totp_code(secret, 30),
+        });
+        let t0 = Instant::now();
+        let (status, r) = s.post(&format!("{V3}/login"), None, body).await;
+        assert_eq!(status, 200, "{r}");
+        samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    println!(
+        "login with password and TOTP code: p50 {:.1} ms, max {:.1} ms ({n} logins)",
+        percentile(&samples, 0.5),
+        samples[samples.len() - 1]
+    );
 }

@@ -122,36 +122,22 @@ async fn account_pages_sign_up_enrol_sign_in_and_manage_the_account() {
 
     // A form without the right CSRF token changes nothing.
     let change = url("/_hearth/account/password");
-    let (status, _, _) = b
-        .post(
-            &change,
-            form(&[
-                ("csrf", "forged"),
-                ("pw-password", "dora pw 12"),
-                ("pw-code", &recovery[0]),
-                ("new_password", "dora pw 34"),
-                ("new_password2", "dora pw 34"),
-                ("logout_others", "1"),
-            ]),
-        )
-        .await;
+    let change_form = |csrf: &str| {
+        form(&[
+            ("csrf", csrf),
+            ("pw-password", "dora pw 12"),
+            ("pw-code", &recovery[0]),
+            ("new_password", "dora pw 34"),
+            ("new_password2", "dora pw 34"),
+            ("logout_others", "1"),
+        ])
+    };
+    let (status, _, _) = b.post(&change, change_form("forged")).await;
     assert_eq!(status, 403);
     // Change the password (with a recovery code as the second factor),
     // signing the other devices out.
     let (_, page) = b.get(&url("/_hearth/account")).await;
-    let (status, _, page) = b
-        .post(
-            &change,
-            form(&[
-                ("csrf", &field(&page, "csrf")),
-                ("pw-password", "dora pw 12"),
-                ("pw-code", &recovery[0]),
-                ("new_password", "dora pw 34"),
-                ("new_password2", "dora pw 34"),
-                ("logout_others", "1"),
-            ]),
-        )
-        .await;
+    let (status, _, page) = b.post(&change, change_form(&field(&page, "csrf"))).await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("Your password was changed"), "{page}");
     let (status, _) = s.get("/_matrix/client/v3/account/whoami", Some(&api_token)).await;

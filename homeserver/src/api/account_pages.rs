@@ -121,6 +121,12 @@ impl Fields {
     }
 }
 
+/// Reads a posted form as its fields.
+async fn read_fields(s: &Arc<Services>, request: Request) -> Result<(HeaderMap, String, Fields), Response> {
+    let (headers, remote, fields) = read_form::<Vec<(String, String)>>(s, request).await?;
+    Ok((headers, remote, Fields(fields)))
+}
+
 /// The user signed in to the account page.
 struct WebUser {
     user_id: OwnedUserId,
@@ -142,8 +148,7 @@ fn web_user(s: &Services, headers: &HeaderMap) -> Option<(OwnedUserId, OwnedDevi
 /// Reads a form posted from the account page: the session must be live and
 /// the CSRF token right; otherwise the answer is the page to show instead.
 async fn account_form(s: &Arc<Services>, request: Request) -> Result<(WebUser, Fields), Response> {
-    let (headers, remote, fields) = read_form::<Vec<(String, String)>>(s, request).await?;
-    let fields = Fields(fields);
+    let (headers, remote, fields) = read_fields(s, request).await?;
     let Some((user_id, device_id)) = web_user(s, &headers) else {
         return Err(password_page(StatusCode::UNAUTHORIZED, "", "", Some("Your session ended; sign in again.")));
     };
@@ -448,13 +453,24 @@ async fn sign_out_devices(State(s): State<Arc<Services>>, request: Request) -> R
     account_page(&s, &web, StatusCode::OK, Some(Ok(text)))
 }
 
+/// The page asking for the code sent to `address`; the form posts to
+/// `action` with the hidden field `hidden`.
+fn emailed_code_page(
+    status: StatusCode,
+    address: &str,
+    then: &str,
+    action: &str,
+    hidden: (&str, &str),
+    message: Option<&str>,
+) -> Response {
+    let intro = format!("We sent a code to <strong>{}</strong>. {then}", escape(address));
+    code_form_page(status, "Confirm your e-mail address", &intro, action, hidden, message)
+}
+
 /// The code form for an address being added; `session` is `sid.client_secret`.
 fn email_code_page(status: StatusCode, address: &str, session: &str, message: Option<&str>) -> Response {
-    let intro = format!(
-        "We sent a code to <strong>{}</strong>. Enter it here, or open the link in the e-mail.",
-        escape(address)
-    );
-    code_form_page(status, "Confirm your e-mail address", &intro, EMAIL_CONFIRM_PATH, ("session", session), message)
+    let then = "Enter it here, or open the link in the e-mail.";
+    emailed_code_page(status, address, then, EMAIL_CONFIRM_PATH, ("session", session), message)
 }
 
 async fn email_add(State(s): State<Arc<Services>>, request: Request) -> Response {
@@ -618,11 +634,10 @@ async fn complete_signup(s: &Services, signup: Signup, redirect_url: &str) -> Re
 }
 
 async fn register(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (headers, remote, fields) = match read_form::<Vec<(String, String)>>(&s, request).await {
+    let (headers, remote, fields) = match read_fields(&s, request).await {
         Ok(parts) => parts,
         Err(response) => return response,
     };
-    let fields = Fields(fields);
     let values = RegisterValues {
         redirect_url: fields.get("redirect_url"),
         displayname: fields.get("displayname").trim(),
@@ -710,19 +725,15 @@ async fn register(State(s): State<Arc<Services>>, request: Request) -> Response 
 }
 
 fn signup_code_page(status: StatusCode, address: &str, pending: &str, message: Option<&str>) -> Response {
-    let intro = format!(
-        "We sent a code to <strong>{}</strong>. Enter it here to finish creating your account.",
-        escape(address)
-    );
-    code_form_page(status, "Confirm your e-mail address", &intro, REGISTER_CONFIRM_PATH, ("pending", pending), message)
+    let then = "Enter it here to finish creating your account.";
+    emailed_code_page(status, address, then, REGISTER_CONFIRM_PATH, ("pending", pending), message)
 }
 
 async fn register_confirm(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (headers, remote, fields) = match read_form::<Vec<(String, String)>>(&s, request).await {
+    let (headers, remote, fields) = match read_fields(&s, request).await {
         Ok(parts) => parts,
         Err(response) => return response,
     };
-    let fields = Fields(fields);
     let id = fields.get("pending");
     let Some(signup) = s.sso.signups.get(id) else {
         return notice_page(StatusCode::FORBIDDEN, "Create an account", "This sign-up expired; start again.");
@@ -786,11 +797,10 @@ async fn verify_form(Query(query): Query<VerifyQuery>) -> Response {
 }
 
 async fn verify(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (headers, _, fields) = match read_form::<Vec<(String, String)>>(&s, request).await {
+    let (headers, _, fields) = match read_fields(&s, request).await {
         Ok(parts) => parts,
         Err(response) => return response,
     };
-    let fields = Fields(fields);
     let title = "Confirm your e-mail address";
     if !csrf_ok(&headers, fields.get("csrf")) {
         return notice_page(StatusCode::FORBIDDEN, title, "This form expired; open the link again.");

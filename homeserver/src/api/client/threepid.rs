@@ -72,71 +72,51 @@ async fn request_token(
     s.email.request_token(purpose, &address, client_secret, send_attempt, next_link).await
 }
 
-/// `POST /_matrix/client/v3/register/email/requestToken`
-pub async fn register_email_request_token_route(
-    s: Arc<Services>,
-    body: Ruma<request_registration_token_via_email::v3::Request>,
-) -> Result<request_registration_token_via_email::v3::Response> {
-    if !s.config.registration.enabled {
-        return Err(err!(Forbidden, "Registration is disabled on this server"));
+/// The three e-mail `requestToken` endpoints share their request and
+/// response shapes but are distinct ruma types; one definition serves them.
+macro_rules! email_token_route {
+    ($(#[$doc:meta])* $name:ident, $endpoint:ident, $purpose:expr, $allowed:expr) => {
+        $(#[$doc])*
+        pub async fn $name(s: Arc<Services>, body: Ruma<$endpoint::v3::Request>) -> Result<$endpoint::v3::Response> {
+            let allowed: fn(&Services) -> Result<()> = $allowed;
+            allowed(&s)?;
+            let req = &body.body;
+            let (secret, attempt) = (req.client_secret.as_str(), req.send_attempt.into());
+            let link = req.next_link.as_deref();
+            let sid = request_token(&s, $purpose, &req.email, secret, attempt, link, &body.remote_str()).await?;
+            let mut response = $endpoint::v3::Response::new(session_id(sid)?);
+            response.submit_url = Some(submit_url(&s));
+            Ok(response)
+        }
+    };
+}
+
+email_token_route!(
+    /// `POST /_matrix/client/v3/register/email/requestToken`
+    register_email_request_token_route,
+    request_registration_token_via_email,
+    Purpose::Registration,
+    |s| match s.config.registration.enabled {
+        true => Ok(()),
+        false => Err(err!(Forbidden, "Registration is disabled on this server")),
     }
-    let req = &body.body;
-    let sid = request_token(
-        &s,
-        Purpose::Registration,
-        &req.email,
-        req.client_secret.as_str(),
-        req.send_attempt.into(),
-        req.next_link.as_deref(),
-        &body.remote_str(),
-    )
-    .await?;
-    let mut response = request_registration_token_via_email::v3::Response::new(session_id(sid)?);
-    response.submit_url = Some(submit_url(&s));
-    Ok(response)
-}
+);
 
-/// `POST /_matrix/client/v3/account/3pid/email/requestToken`
-pub async fn account_email_request_token_route(
-    s: Arc<Services>,
-    body: Ruma<request_3pid_management_token_via_email::v3::Request>,
-) -> Result<request_3pid_management_token_via_email::v3::Response> {
-    let req = &body.body;
-    let sid = request_token(
-        &s,
-        Purpose::AddThreepid,
-        &req.email,
-        req.client_secret.as_str(),
-        req.send_attempt.into(),
-        req.next_link.as_deref(),
-        &body.remote_str(),
-    )
-    .await?;
-    let mut response = request_3pid_management_token_via_email::v3::Response::new(session_id(sid)?);
-    response.submit_url = Some(submit_url(&s));
-    Ok(response)
-}
+email_token_route!(
+    /// `POST /_matrix/client/v3/account/3pid/email/requestToken`
+    account_email_request_token_route,
+    request_3pid_management_token_via_email,
+    Purpose::AddThreepid,
+    |_| Ok(())
+);
 
-/// `POST /_matrix/client/v3/account/password/email/requestToken`
-pub async fn password_email_request_token_route(
-    s: Arc<Services>,
-    body: Ruma<request_password_change_token_via_email::v3::Request>,
-) -> Result<request_password_change_token_via_email::v3::Response> {
-    let req = &body.body;
-    let sid = request_token(
-        &s,
-        Purpose::PasswordReset,
-        &req.email,
-        req.client_secret.as_str(),
-        req.send_attempt.into(),
-        req.next_link.as_deref(),
-        &body.remote_str(),
-    )
-    .await?;
-    let mut response = request_password_change_token_via_email::v3::Response::new(session_id(sid)?);
-    response.submit_url = Some(submit_url(&s));
-    Ok(response)
-}
+email_token_route!(
+    /// `POST /_matrix/client/v3/account/password/email/requestToken`
+    password_email_request_token_route,
+    request_password_change_token_via_email,
+    Purpose::PasswordReset,
+    |_| Ok(())
+);
 
 /// `POST /_matrix/client/v3/account/3pid/add` (user-interactive auth)
 pub async fn add_3pid_route(s: Arc<Services>, body: Ruma<add_3pid::v3::Request>) -> Result<add_3pid::v3::Response> {

@@ -435,6 +435,27 @@ mod tests {
     }
 
     #[test]
+    fn smtp_settings_are_checked_and_the_password_is_not_printed() {
+        let smtp = |extra: &[(&str, &str)]| {
+            let mut all = vec![("HEARTH_SMTP__HOST", "mail.example.org"), ("HEARTH_SMTP__PASSWORD", "hunter2 secret")];
+            all.extend_from_slice(extra);
+            Config::load(None, env(&all))
+        };
+        let c = smtp(&[]).unwrap();
+        assert_eq!(c.smtp.security, SmtpSecurity::Starttls);
+        assert!(!format!("{c:?}").contains("hunter2"), "the SMTP password is redacted");
+        let err = smtp(&[("HEARTH_SMTP__SECURITY", "none")]).unwrap_err().to_string();
+        assert!(err.contains("smtp.security"), "plain SMTP to a remote host: {err}");
+        assert!(smtp(&[("HEARTH_SMTP__SECURITY", "none"), ("HEARTH_SMTP__HOST", "127.0.0.1")]).is_ok());
+        let err = smtp(&[("HEARTH_SMTP__SECURITY", "ssl")]).unwrap_err().to_string();
+        assert!(err.contains("security"), "{err}");
+        let err = smtp(&[("HEARTH_SMTP__FROM", "not an address")]).unwrap_err().to_string();
+        assert!(err.contains("smtp.from"), "{err}");
+        let err = Config::load(None, env(&[("HEARTH_AUTH__MIN_PASSWORD_CLASSES", "5")])).unwrap_err().to_string();
+        assert!(err.contains("auth.min_password_classes"), "{err}");
+    }
+
+    #[test]
     fn invalid_values_fail_naming_the_option() {
         let err = Config::load(None, env(&[("HEARTH_SERVER_NAME", "not a name!")])).unwrap_err().to_string();
         assert!(err.contains("server_name"), "{err}");

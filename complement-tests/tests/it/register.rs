@@ -74,6 +74,29 @@ async fn weak_or_missing_password_creates_nothing() {
     assert_eq!(status, 200, "no account may exist after failed registrations");
 }
 
+/// `auth.min_password_classes`: a password mixing too few kinds of
+/// character is refused at registration and at password change.
+#[tokio::test]
+async fn password_rules_from_the_configuration() {
+    let s = Server::start_with(&[("HEARTH_AUTH__MIN_PASSWORD_CLASSES", "3")]).await;
+    let register =
+        |password: &str| json!({ "username": "rules", "password": password, "auth": { "type": "m.login.dummy" } });
+    let (status, body) = s.post(REG, None, register("only lowercase words")).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_WEAK_PASSWORD")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("at least 3"), "{body}");
+    let (status, body) = s.post(REG, None, register("Mixed case 1")).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    let user_id = body["user_id"].as_str().unwrap();
+    let path = "/_matrix/client/v3/account/password";
+    let (_, uia) = s.post(path, Some(token), json!({ "new_password": "weakweakweak" })).await;
+    let auth = complement_tests::password_auth(user_id, "Mixed case 1", uia["session"].as_str());
+    let (status, body) = s.post(path, Some(token), json!({ "new_password": "weakweakweak", "auth": auth })).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_WEAK_PASSWORD")), "{body}");
+    let (status, _) = s.login("rules", "Mixed case 1").await;
+    assert_eq!(status, 200, "the password is unchanged");
+}
+
 #[tokio::test]
 async fn closed_registration_is_forbidden() {
     let s = Server::start_with(&[("HEARTH_REGISTRATION__ENABLED", "false")]).await;

@@ -173,6 +173,7 @@ async fn an_address_added_through_the_emailed_link_survives_a_restart() {
     let mut browser = Browser::new(&s);
     let (status, page) = browser.get(&format!("{}{path}", s.url)).await;
     assert_eq!(status, 200, "{page}");
+    assert!(page.contains("is to be added to an account"), "the page says what confirming does: {page}");
     let confirm =
         form(&[("csrf", &field(&page, "csrf")), ("sid", &field(&page, "sid")), ("code", &field(&page, "code"))]);
     let (status, _, page) = browser.post(&format!("{}/_hearth/email/verify", s.url), confirm).await;
@@ -242,7 +243,13 @@ async fn a_forgotten_password_is_reset_through_the_emailed_code() {
     let (status, resp) = request_token(&s, reset_token, "FAY@example.org", "reset", 1).await;
     assert_eq!(status, 200, "{resp}");
     let sid = resp["sid"].as_str().unwrap().to_owned();
-    let (code, _) = sink.last_code_for("fay@example.org");
+    let (code, link) = sink.last_code_for("fay@example.org");
+    // The e-mail and the link page name the account whose password would change.
+    let mail = sink.messages().pop().unwrap();
+    assert!(mail.contains("reset the password of the account @fay:localhost"), "{mail}");
+    let mut browser = Browser::new(&s);
+    let (_, page) = browser.get(&format!("{}{}", s.url, &link[link.find("/_hearth/").unwrap()..])).await;
+    assert!(page.contains("password of <strong>@fay:localhost</strong>"), "{page}");
 
     let path = "/_matrix/client/v3/account/password";
     let reset = json!({
@@ -270,4 +277,39 @@ async fn a_forgotten_password_is_reset_through_the_emailed_code() {
     let (status, _) = s.post(path, None, reset).await;
     assert_eq!(status, 401);
     assert!(s.audit_events().iter().any(|e| e["event"] == "password_reset" && e["user"] == user_id.as_str()));
+}
+
+/// E-mails to one address are limited across sessions (a new client secret
+/// starts a new session), and an e-mail the mail server did not take does
+/// not count: the same attempt, retried, sends it.
+#[tokio::test]
+async fn emails_to_one_address_are_limited_and_failed_sends_do_not_count() {
+    let (s, sink) = start_with_sink().await;
+    for i in 0..10 {
+        let (status, resp) = request_token(&s, REG_TOKEN, "busy@example.org", &format!("secret{i}"), 1).await;
+        assert_eq!(status, 200, "{resp}");
+    }
+    let (status, resp) = request_token(&s, REG_TOKEN, "busy@example.org", "secret10", 1).await;
+    assert_eq!((status, resp["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "{resp}");
+    assert_eq!(sink.messages().len(), 10);
+
+    // A server whose mail server is down, then up on the same port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port_text = port.to_string();
+    let s = Server::start_with(&[
+        ("HEARTH_SMTP__HOST", "127.0.0.1"),
+        ("HEARTH_SMTP__PORT", port_text.as_str()),
+        ("HEARTH_SMTP__SECURITY", "none"),
+        ("HEARTH_SMTP__FROM", "Hearth <noreply@hearth.test>"),
+    ])
+    .await;
+    let (status, resp) = request_token(&s, REG_TOKEN, "late@example.org", "secret", 1).await;
+    assert_eq!((status, resp["errcode"].as_str()), (500, Some("M_UNKNOWN")), "{resp}");
+    let sink = SmtpSink::start_on(port).await;
+    let (status, resp) = request_token(&s, REG_TOKEN, "late@example.org", "secret", 1).await;
+    assert_eq!(status, 200, "{resp}");
+    let (code, _) = sink.last_code_for("late@example.org");
+    let submit = json!({ "sid": resp["sid"], "client_secret": "secret", "token": code });
+    let (_, resp) = s.post("/_hearth/email/submit_token", None, submit).await;
+    assert_eq!(resp, json!({ "success": true }));
 }

@@ -492,7 +492,7 @@ async fn email_add(State(s): State<Arc<Services>>, request: Request) -> Response
         return account_page(&s, &web, StatusCode::TOO_MANY_REQUESTS, Some(Err("Too many requests; wait a little.")));
     }
     let secret = random_string(32);
-    match s.email.request_token(Purpose::AddThreepid, &address, &secret, 1, None).await {
+    match s.email.request_token(Purpose::AddThreepid, &address, &secret, 1, None, None).await {
         Ok(sid) => email_code_page(StatusCode::OK, &address, &format!("{sid}.{secret}"), None),
         Err(e) => account_page(&s, &web, e.status(), Some(Err(e.message()))),
     }
@@ -521,7 +521,7 @@ async fn email_confirm(State(s): State<Arc<Services>>, request: Request) -> Resp
     };
     match added {
         Ok(()) => {
-            let _ = s.email.finish(sid).await;
+            s.email.finish(sid).await;
             account_page(&s, &web, StatusCode::OK, Some(Ok("The address was added.")))
         }
         Err(e) => account_page(&s, &web, e.status(), Some(Err(e.message()))),
@@ -708,7 +708,7 @@ async fn register(State(s): State<Arc<Services>>, request: Request) -> Response 
         return again(StatusCode::BAD_REQUEST, "This e-mail address is already in use.");
     }
     let client_secret = random_string(32);
-    let sid = match s.email.request_token(Purpose::Registration, &address, &client_secret, 1, None).await {
+    let sid = match s.email.request_token(Purpose::Registration, &address, &client_secret, 1, None, None).await {
         Ok(sid) => sid,
         Err(e) => return again(e.status(), e.message()),
     };
@@ -765,7 +765,7 @@ async fn register_confirm(State(s): State<Arc<Services>>, request: Request) -> R
     };
     match complete_signup(&s, account, &redirect_url).await {
         Ok(response) => {
-            let _ = s.email.finish(&signup.sid).await;
+            s.email.finish(&signup.sid).await;
             response
         }
         Err(e) => notice_page(e.status(), "Create an account", e.message()),
@@ -780,20 +780,47 @@ struct VerifyQuery {
 
 /// The link in a verification e-mail shows a button rather than verifying
 /// at once, so that mail scanners opening links verify nothing.
-async fn verify_form(Query(query): Query<VerifyQuery>) -> Response {
+async fn verify_form(State(s): State<Arc<Services>>, Query(query): Query<VerifyQuery>) -> Response {
+    let title = "Confirm your e-mail address";
     let (Some(sid), Some(code)) = (query.sid, query.code) else {
-        return notice_page(StatusCode::BAD_REQUEST, "Confirm your e-mail address", "The link is incomplete.");
+        return notice_page(StatusCode::BAD_REQUEST, title, "The link is incomplete.");
+    };
+    // Say what confirming does, so that nobody approves a change they did
+    // not ask for (someone else may have typed their address).
+    let Ok(Some((purpose, address, account))) = s.email.describe(&sid) else {
+        return notice_page(StatusCode::FORBIDDEN, title, "This link expired; ask for a new code.");
+    };
+    let server = escape(&s.config.server_name);
+    let address = escape(&address);
+    let (what, button) = match purpose {
+        Purpose::Registration => {
+            (format!("A new account on <strong>{server}</strong> is to use <strong>{address}</strong>."), "Confirm")
+        }
+        Purpose::AddThreepid => (
+            format!("<strong>{address}</strong> is to be added to an account on <strong>{server}</strong>."),
+            "Confirm",
+        ),
+        Purpose::PasswordReset => (
+            format!(
+                "This allows the password of <strong>{}</strong> on <strong>{server}</strong> to be reset, and \
+                 signs that account out everywhere.",
+                escape(account.as_deref().unwrap_or("the account that uses this address"))
+            ),
+            "Allow the password reset",
+        ),
     };
     let csrf = random_string(32);
     let body = format!(
-        "<form method=\"post\" action=\"{VERIFY_PATH}\">{token}\
+        "<p id=\"purpose\">{what}</p><p>Confirm only if you asked for this yourself. If not, close this page: \
+         nothing changes.</p>\
+         <form method=\"post\" action=\"{VERIFY_PATH}\">{token}\
          <input type=\"hidden\" name=\"sid\" value=\"{sid}\"><input type=\"hidden\" name=\"code\" value=\"{code}\">\
-         <button type=\"submit\">Confirm my e-mail address</button></form>",
+         <button type=\"submit\">{button}</button></form>",
         token = hidden_csrf(&csrf),
         sid = escape(&sid),
         code = escape(&code),
     );
-    page(StatusCode::OK, "Confirm your e-mail address", &body, &csrf)
+    page(StatusCode::OK, title, &body, &csrf)
 }
 
 async fn verify(State(s): State<Arc<Services>>, request: Request) -> Response {

@@ -3,8 +3,9 @@
 //! `/requestToken` endpoints and the `m.login.email.identity` stage use them.
 //!
 //! A session is stored (so a restart between the e-mail and the click loses
-//! nothing) with hashes of its client secret and of the codes sent, never
-//! the values. A code is 8 digits; a session takes at most
+//! nothing) with SHA-256 hashes of its client secret and of the codes sent.
+//! (An 8-digit code's hash can be reversed by trying every code, so for a
+//! reader of the database the protection is the session's short life.) A code is 8 digits; a session takes at most
 //! [`MAX_FAILURES`] wrong codes. Codes and verified sessions last
 //! `smtp.token_lifetime_secs`.
 
@@ -31,6 +32,10 @@ use crate::{
 pub const MAX_FAILURES: u32 = 5;
 /// Codes sent per session (each higher `send_attempt` sends one).
 const MAX_SENDS: usize = 5;
+/// E-mails sent to one address an hour, across sessions.
+const MAX_PER_ADDRESS: usize = 10;
+/// How often expired sessions are swept, at most.
+const SWEEP_EVERY_MS: u64 = 60_000;
 
 /// What a verified address will be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +60,9 @@ struct Session {
     failures: u32,
     /// Where the link page sends the browser once verified (allowed URLs only).
     next_link: Option<String>,
+    /// For a password reset, the account whose password would change.
+    #[serde(default)]
+    account: Option<String>,
 }
 
 /// The outcome of offering a code.
@@ -72,8 +80,12 @@ pub struct Service {
     db: Db,
     config: Arc<Config>,
     mailer: Option<(AsyncSmtpTransport<Tokio1Executor>, Mailbox)>,
-    /// Serialises read-modify-write of sessions.
+    /// Serialises read-modify-write of sessions (never held while sending).
     write: tokio::sync::Mutex<()>,
+    /// When e-mails went to each address in the last hour (in memory).
+    sent: std::sync::Mutex<std::collections::HashMap<String, Vec<u64>>>,
+    /// When expired sessions were last swept.
+    last_sweep: std::sync::atomic::AtomicU64,
 }
 
 fn sha256_hex(parts: &[&str]) -> String {
@@ -111,7 +123,14 @@ impl Service {
             let from = smtp.from.parse().map_err(|e| Error::internal(format!("smtp.from: {e}")))?;
             Some((builder.build(), from))
         };
-        Ok(Self { db, config, mailer, write: tokio::sync::Mutex::new(()) })
+        Ok(Self {
+            db,
+            config,
+            mailer,
+            write: tokio::sync::Mutex::new(()),
+            sent: Default::default(),
+            last_sweep: Default::default(),
+        })
     }
 
     /// Whether e-mail is sent, and so verified.
@@ -151,7 +170,9 @@ impl Service {
 
     /// Starts (or continues) a verification of `email` and sends a code,
     /// unless this `send_attempt` was already sent. Returns the session ID.
-    /// The caller has checked that the address is free.
+    /// The caller has checked that the address is free (or, for a password
+    /// reset, whose it is: `account`, named in the e-mail and on the link
+    /// page so that nobody approves a reset unknowingly).
     pub async fn request_token(
         &self,
         purpose: Purpose,
@@ -159,6 +180,7 @@ impl Service {
         client_secret: &str,
         send_attempt: u64,
         next_link: Option<String>,
+        account: Option<&str>,
     ) -> Result<String> {
         let Some((mailer, from)) = &self.mailer else {
             return Err(err!(ThreepidDenied, "This server does not send e-mail, so it cannot verify addresses"));
@@ -167,60 +189,143 @@ impl Service {
         let purpose_name = format!("{purpose:?}");
         // The session ID follows from what only this client knows.
         let sid = sha256_hex(&[&purpose_name, client_secret, &email])[..32].to_owned();
-        let _guard = self.write.lock().await;
-        self.sweep().await?;
-        let now = now_ms();
-        let mut session = match self.load(&sid)?.filter(|s| self.live(s, now)) {
-            Some(s) if s.validated_at.is_some() || send_attempt <= s.send_attempt => return Ok(sid),
-            Some(s) if s.code_hashes.len() >= MAX_SENDS => {
-                let limit = ErrorKind::LimitExceeded { retry_after_ms: self.lifetime_ms() };
-                return Err(Error::new(limit, "Too many codes were sent for this address; try again later"));
-            }
-            Some(s) => s,
-            None => Session {
-                purpose,
-                email: email.clone(),
-                client_secret_hash: sha256_hex(&[client_secret]),
-                send_attempt,
-                code_hashes: Vec::new(),
-                sent_at: now,
-                validated_at: None,
-                failures: 0,
-                next_link: None,
-            },
-        };
         let code = format!("{:08}", rand::rngs::OsRng.gen_range(0..100_000_000u32));
-        session.send_attempt = send_attempt;
-        session.sent_at = now;
-        session.next_link = next_link;
-        session.code_hashes.push(sha256_hex(&[&code]));
-        // Stored before sending: a code that reached the user always works.
-        self.save(&sid, &session).await?;
+        let code_hash = sha256_hex(&[&code]);
+        let previous_attempt = {
+            let _guard = self.write.lock().await;
+            self.sweep().await?;
+            let now = now_ms();
+            let mut session = match self.load(&sid)?.filter(|s| self.live(s, now)) {
+                Some(s) if s.validated_at.is_some() || send_attempt <= s.send_attempt => return Ok(sid),
+                Some(s) if s.code_hashes.len() >= MAX_SENDS => {
+                    let limit = ErrorKind::LimitExceeded { retry_after_ms: self.lifetime_ms() };
+                    return Err(Error::new(limit, "Too many codes were sent for this address; try again later"));
+                }
+                Some(s) => s,
+                None => Session {
+                    purpose,
+                    email: email.clone(),
+                    client_secret_hash: sha256_hex(&[client_secret]),
+                    send_attempt,
+                    code_hashes: Vec::new(),
+                    sent_at: now,
+                    validated_at: None,
+                    failures: 0,
+                    next_link: None,
+                    account: account.map(str::to_owned),
+                },
+            };
+            self.count_send_to(&email)?;
+            let previous = session.send_attempt;
+            session.send_attempt = send_attempt;
+            session.sent_at = now;
+            session.next_link = next_link;
+            session.code_hashes.push(code_hash.clone());
+            // Stored before sending: a code that reached the user always works.
+            self.save(&sid, &session).await?;
+            previous
+        };
 
+        // Sent without the lock, so a slow mail server delays only this request.
+        let message = self.message(from, purpose, &email, &sid, &code, account)?;
+        if let Err(e) = mailer.send(message).await {
+            tracing::warn!(error = %e, "sending a verification e-mail failed");
+            // Not sent: the attempt does not count, and a retry sends again.
+            self.undo_send(&sid, &code_hash, previous_attempt).await;
+            return Err(err!(Unknown, "The verification e-mail could not be sent; try again later"));
+        }
+        tracing::info!(sid, "sent a verification code");
+        Ok(sid)
+    }
+
+    /// The e-mail for a code: what is being approved, the code, and the link.
+    fn message(
+        &self,
+        from: &Mailbox,
+        purpose: Purpose,
+        email: &str,
+        sid: &str,
+        code: &str,
+        account: Option<&str>,
+    ) -> Result<Message> {
+        let server = &self.config.server_name;
         let link = format!(
             "{}/_hearth/email/verify?sid={sid}&code={code}",
             self.config.client_base_url().trim_end_matches('/')
         );
-        let server = &self.config.server_name;
+        let (subject, what) = match purpose {
+            Purpose::Registration => (
+                format!("Confirm your e-mail address for {server}"),
+                format!("Someone is creating an account on {server} with this e-mail address ({email})."),
+            ),
+            Purpose::AddThreepid => (
+                format!("Confirm your e-mail address for {server}"),
+                format!("Someone asked to add this e-mail address ({email}) to an account on {server}."),
+            ),
+            Purpose::PasswordReset => (
+                format!("Reset your password on {server}"),
+                format!(
+                    "Someone asked to reset the password of the account {} on {server}.",
+                    account.unwrap_or("that uses this address")
+                ),
+            ),
+        };
         let text = format!(
-            "Your verification code for {server} is {code}.\n\nOr open this link to confirm {email}:\n{link}\n\n\
-             The code is valid for {} minutes. If you did not ask for it, ignore this e-mail.\n",
+            "{what}\n\nIf it is you, your code for {server} is {code}.\n\nOr open this link to confirm:\n{link}\n\n\
+             The code is valid for {} minutes. If you did not ask for it, ignore this e-mail: nothing changes.\n",
             self.config.smtp.token_lifetime_secs / 60
         );
         let to: Mailbox = email.parse().map_err(|_| err!(InvalidParam, "{email:?} is not an e-mail address"))?;
-        let message = Message::builder()
+        Message::builder()
             .from(from.clone())
             .to(to)
-            .subject(format!("Confirm your e-mail address for {server}"))
+            .subject(subject)
             .header(ContentType::TEXT_PLAIN)
             .body(text)
-            .map_err(|e| Error::internal(format!("building the e-mail: {e}")))?;
-        mailer.send(message).await.map_err(|e| {
-            tracing::warn!(error = %e, "sending a verification e-mail failed");
-            err!(Unknown, "The verification e-mail could not be sent; try again later")
-        })?;
-        tracing::info!(sid, "sent a verification code");
-        Ok(sid)
+            .map_err(|e| Error::internal(format!("building the e-mail: {e}")))
+    }
+
+    /// Takes back a code whose e-mail could not be sent.
+    async fn undo_send(&self, sid: &str, code_hash: &str, previous_attempt: u64) {
+        let _guard = self.write.lock().await;
+        let Ok(Some(mut session)) = self.load(sid) else { return };
+        session.code_hashes.retain(|h| h != code_hash);
+        let result = if session.code_hashes.is_empty() {
+            let mut batch = Batch::new();
+            batch.remove(trees::SID_EMAILVALIDATION, sid.as_bytes().to_vec());
+            self.db.commit(batch).await.map_err(Error::from)
+        } else {
+            session.send_attempt = previous_attempt;
+            self.save(sid, &session).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not take back an unsent verification code");
+        }
+    }
+
+    /// Counts an e-mail to `email` against [`MAX_PER_ADDRESS`] an hour,
+    /// across sessions (each new client secret starts a session).
+    fn count_send_to(&self, email: &str) -> Result<()> {
+        let now = now_ms();
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.retain(|_, times| {
+            times.retain(|t| now - *t < 3_600_000);
+            !times.is_empty()
+        });
+        let times = sent.entry(email.to_owned()).or_default();
+        if times.len() >= MAX_PER_ADDRESS {
+            let retry_after_ms = times[0] + 3_600_000 - now;
+            let limit = ErrorKind::LimitExceeded { retry_after_ms };
+            return Err(Error::new(limit, "Too many codes were sent to this address; try again later"));
+        }
+        times.push(now);
+        Ok(())
+    }
+
+    /// What a session is for, its address, and the account it names: the
+    /// link page says what the user approves.
+    pub fn describe(&self, sid: &str) -> Result<Option<(Purpose, String, Option<String>)>> {
+        Ok(self.load(sid)?.filter(|s| self.live(s, now_ms())).map(|s| (s.purpose, s.email, s.account)))
     }
 
     /// Offers a code for a session. `client_secret` is checked when given
@@ -264,18 +369,26 @@ impl Service {
         Ok(self.load(sid)?.filter(|s| self.live(s, now_ms())).map(|s| s.email))
     }
 
-    /// Ends a session whose address was used.
-    pub async fn finish(&self, sid: &str) -> Result<()> {
+    /// Ends a session whose address was used. Called after the change it
+    /// allowed is stored, so a failure is logged rather than reported (the
+    /// session then simply expires).
+    pub async fn finish(&self, sid: &str) {
         let _guard = self.write.lock().await;
         let mut batch = Batch::new();
         batch.remove(trees::SID_EMAILVALIDATION, sid.as_bytes().to_vec());
-        self.db.commit(batch).await?;
-        Ok(())
+        if let Err(e) = self.db.commit(batch).await {
+            tracing::warn!(error = %e, "could not remove a used verification session");
+        }
     }
 
-    /// Removes expired sessions (the caller holds `write`).
+    /// Removes expired sessions, at most once a minute (the caller holds `write`).
     async fn sweep(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
         let now = now_ms();
+        if now.saturating_sub(self.last_sweep.load(Ordering::Relaxed)) < SWEEP_EVERY_MS {
+            return Ok(());
+        }
+        self.last_sweep.store(now, Ordering::Relaxed);
         let mut batch = Batch::new();
         for item in self.db.tree(trees::SID_EMAILVALIDATION)?.scan_prefix(b"") {
             let (key, value) = item?;

@@ -152,7 +152,7 @@ async fn reset_password_by_email(
     s.users.check_password_strength(&body.body.new_password)?;
     let logout = body.body.logout_devices.then_some(None);
     s.change_password(&user_id, body.body.new_password.clone(), logout).await?;
-    s.email.finish(&sid).await?;
+    s.email.finish(&sid).await;
     s.audit.record(AuditKind::PasswordReset, Some(user_id.as_str()), &body.remote_str(), "reset by e-mail");
     tracing::info!(user = %user_id, "password reset by e-mail");
     Ok(change_password::v3::Response::new())

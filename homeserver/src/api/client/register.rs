@@ -199,7 +199,7 @@ pub async fn register_route(s: Arc<Services>, body: Ruma<register::v3::Request>)
     };
     let issued = create_account(&s, signup).await?;
     if let Some(sid) = session {
-        s.email.finish(&sid).await?;
+        s.email.finish(&sid).await;
     }
 
     let mut response = register::v3::Response::new(user_id.clone());

@@ -59,17 +59,20 @@ async fn request_token(
 ) -> Result<String> {
     s.ratelimit.check(Action::Registration, remote)?;
     let address = normalise_address(email)?;
-    match (purpose, s.users.email_owner(&address)?) {
+    // The account a reset would change, named in the e-mail.
+    let account = match (purpose, s.users.email_owner(&address)?) {
         (Purpose::PasswordReset, None) => {
             return Err(err!(ThreepidNotFound, "No account has this verified e-mail address"));
         }
-        (Purpose::PasswordReset, Some(_)) | (_, None) => {}
+        (Purpose::PasswordReset, Some(owner)) => Some(owner),
+        (_, None) => None,
         (_, Some(_)) => return Err(err!(ThreepidInUse, "This e-mail address is already in use")),
-    }
+    };
     // A link the server may not redirect to is ignored, not refused: the
     // code still works, and the page then says to return to the app.
     let next_link = next_link.filter(|l| redirect_allowed(s, l)).map(str::to_owned);
-    s.email.request_token(purpose, &address, client_secret, send_attempt, next_link).await
+    let account = account.as_ref().map(|a| a.as_str());
+    s.email.request_token(purpose, &address, client_secret, send_attempt, next_link, account).await
 }
 
 /// The three e-mail `requestToken` endpoints share their request and
@@ -127,7 +130,7 @@ pub async fn add_3pid_route(s: Arc<Services>, body: Ruma<add_3pid::v3::Request>)
         return Err(err!(ThreepidAuthFailed, "No verified e-mail session: enter the code or open the link first"));
     };
     s.users.add_verified_email(&user_id, &address).await?;
-    s.email.finish(sid).await?;
+    s.email.finish(sid).await;
     tracing::info!(user = %user_id, "added a verified e-mail address");
     Ok(add_3pid::v3::Response::new())
 }

@@ -35,7 +35,7 @@ use super::{
     client::register::{Signup, create_account, new_user_id, token_is_valid},
     pages::{
         SESSION_COOKIE, WEB_DEVICE_NAME, WEB_SESSION_SECS, code_form_page, cookie, csrf_ok, error_line, escape,
-        notice_page, page, read_form, see_other, set_cookie,
+        notice_page, or_page, page, read_form, see_other, set_cookie,
     },
     sso::{finish, password_page, redirect_allowed},
 };
@@ -311,10 +311,7 @@ async fn account(State(s): State<Arc<Services>>, request: Request) -> Response {
 }
 
 async fn logout(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (web, _) = match account_form(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (web, _) = or_page!(account_form(&s, request).await);
     if s.remove_devices(&web.user_id, DeviceSelection::One(&web.device_id), Batch::new()).await.is_err() {
         return account_page(&s, &web, StatusCode::INTERNAL_SERVER_ERROR, Some(Err("Signing out failed; try again.")));
     }
@@ -346,10 +343,7 @@ fn enrol_page(s: &Services, web: &WebUser, status: StatusCode, message: Option<&
 }
 
 async fn totp_enrol(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (web, fields) = match account_form(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (web, fields) = or_page!(account_form(&s, request).await);
     if let Err(text) = reauthenticate(&s, &web, &fields, "totp-").await {
         return account_page(&s, &web, StatusCode::FORBIDDEN, Some(Err(text)));
     }
@@ -360,10 +354,7 @@ async fn totp_enrol(State(s): State<Arc<Services>>, request: Request) -> Respons
 }
 
 async fn totp_confirm(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (web, fields) = match account_form(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (web, fields) = or_page!(account_form(&s, request).await);
     match s.mfa.confirm(&web.user_id, fields.get("code")).await {
         Ok(codes) => {
             tracing::info!(user = %web.user_id, "TOTP enabled on the account page");
@@ -381,10 +372,7 @@ async fn totp_confirm(State(s): State<Arc<Services>>, request: Request) -> Respo
 }
 
 async fn totp_disable(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (web, fields) = match account_form(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (web, fields) = or_page!(account_form(&s, request).await);
     if let Err(text) = reauthenticate(&s, &web, &fields, "totp-").await {
         return account_page(&s, &web, StatusCode::FORBIDDEN, Some(Err(text)));
     }
@@ -401,10 +389,7 @@ async fn totp_disable(State(s): State<Arc<Services>>, request: Request) -> Respo
 }
 
 async fn change_password(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (web, fields) = match account_form(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (web, fields) = or_page!(account_form(&s, request).await);
     if let Err(text) = reauthenticate(&s, &web, &fields, "pw-").await {
         return account_page(&s, &web, StatusCode::FORBIDDEN, Some(Err(text)));
     }
@@ -425,10 +410,7 @@ async fn change_password(State(s): State<Arc<Services>>, request: Request) -> Re
 }
 
 async fn sign_out_devices(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (web, fields) = match account_form(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (web, fields) = or_page!(account_form(&s, request).await);
     let devices: Vec<OwnedDeviceId> = fields.all("device").map(OwnedDeviceId::from).collect();
     if devices.is_empty() {
         return account_page(&s, &web, StatusCode::BAD_REQUEST, Some(Err("Select the devices to sign out.")));
@@ -474,10 +456,7 @@ fn email_code_page(status: StatusCode, address: &str, session: &str, message: Op
 }
 
 async fn email_add(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (web, fields) = match account_form(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (web, fields) = or_page!(account_form(&s, request).await);
     if let Err(text) = reauthenticate(&s, &web, &fields, "email-").await {
         return account_page(&s, &web, StatusCode::FORBIDDEN, Some(Err(text)));
     }
@@ -499,10 +478,7 @@ async fn email_add(State(s): State<Arc<Services>>, request: Request) -> Response
 }
 
 async fn email_confirm(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (web, fields) = match account_form(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (web, fields) = or_page!(account_form(&s, request).await);
     let session = fields.get("session");
     let Some((sid, secret)) = session.split_once('.') else {
         return account_page(&s, &web, StatusCode::BAD_REQUEST, Some(Err("The form was incomplete.")));
@@ -529,10 +505,7 @@ async fn email_confirm(State(s): State<Arc<Services>>, request: Request) -> Resp
 }
 
 async fn email_remove(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (web, fields) = match account_form(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (web, fields) = or_page!(account_form(&s, request).await);
     match s.users.remove_threepid(&web.user_id, "email", fields.get("address")).await {
         Ok(true) => account_page(&s, &web, StatusCode::OK, Some(Ok("The address was removed."))),
         Ok(false) => account_page(&s, &web, StatusCode::BAD_REQUEST, Some(Err("This account has no such address."))),
@@ -634,10 +607,7 @@ async fn complete_signup(s: &Services, signup: Signup, redirect_url: &str) -> Re
 }
 
 async fn register(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (headers, remote, fields) = match read_fields(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (headers, remote, fields) = or_page!(read_fields(&s, request).await);
     let values = RegisterValues {
         redirect_url: fields.get("redirect_url"),
         displayname: fields.get("displayname").trim(),
@@ -730,10 +700,7 @@ fn signup_code_page(status: StatusCode, address: &str, pending: &str, message: O
 }
 
 async fn register_confirm(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (headers, remote, fields) = match read_fields(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (headers, remote, fields) = or_page!(read_fields(&s, request).await);
     let id = fields.get("pending");
     let Some(signup) = s.sso.signups.get(id) else {
         return notice_page(StatusCode::FORBIDDEN, "Create an account", "This sign-up expired; start again.");
@@ -824,10 +791,7 @@ async fn verify_form(State(s): State<Arc<Services>>, Query(query): Query<VerifyQ
 }
 
 async fn verify(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (headers, _, fields) = match read_fields(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (headers, _, fields) = or_page!(read_fields(&s, request).await);
     let title = "Confirm your e-mail address";
     if !csrf_ok(&headers, fields.get("csrf")) {
         return notice_page(StatusCode::FORBIDDEN, title, "This form expired; open the link again.");

@@ -20,6 +20,18 @@ use crate::{
     util::{constant_time_eq, random_string},
 };
 
+/// The value of a form reader, or (returned at once) the page it answered
+/// with instead: the `?` of handlers that always answer with a page.
+macro_rules! or_page {
+    ($result:expr) => {
+        match $result {
+            Ok(parts) => parts,
+            Err(page) => return page,
+        }
+    };
+}
+pub(crate) use or_page;
+
 const CSRF_COOKIE: &str = "__Host-hearth_csrf";
 /// The account page's session: an access token of a device named
 /// [`WEB_DEVICE_NAME`], so it is listed and can be signed out like any other.

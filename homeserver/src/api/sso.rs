@@ -30,7 +30,7 @@ use serde::Deserialize;
 use super::{
     AppState,
     account_pages::{ACCOUNT_PATH, REGISTER_PATH, start_web_session, sweep_web_sessions},
-    pages::{code_form_page, csrf_ok, error_line, escape, message_page, page, read_form, see_other},
+    pages::{code_form_page, csrf_ok, error_line, escape, message_page, or_page, page, read_form, see_other},
 };
 use crate::{
     error::ErrorKind,
@@ -184,10 +184,7 @@ async fn start(State(s): State<Arc<Services>>, Query(query): Query<StartQuery>) 
 }
 
 async fn password(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (headers, remote, form) = match read_form::<PasswordForm>(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (headers, remote, form) = or_page!(read_form::<PasswordForm>(&s, request).await);
     if !csrf_ok(&headers, &form.csrf) {
         return message_page(StatusCode::FORBIDDEN, "This form expired. Go back to your app and sign in again.");
     }
@@ -222,10 +219,7 @@ async fn password(State(s): State<Arc<Services>>, request: Request) -> Response 
 }
 
 async fn code(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (headers, remote, form) = match read_form::<CodeForm>(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (headers, remote, form) = or_page!(read_form::<CodeForm>(&s, request).await);
     if !csrf_ok(&headers, &form.csrf) {
         return message_page(StatusCode::FORBIDDEN, "This form expired. Go back to your app and sign in again.");
     }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::{
     AppState,
-    pages::{code_form_page, csrf_ok, message_page, page, read_form},
+    pages::{code_form_page, csrf_ok, message_page, or_page, page, read_form},
 };
 use crate::{
     service::{Services, audit::AuditKind, password_auth, uiaa},
@@ -67,10 +67,7 @@ async fn fallback(Path(auth_type): Path<String>, Query(query): Query<SessionQuer
 }
 
 async fn submit(State(s): State<Arc<Services>>, request: Request) -> Response {
-    let (headers, remote, form) = match read_form::<CodeForm>(&s, request).await {
-        Ok(parts) => parts,
-        Err(response) => return response,
-    };
+    let (headers, remote, form) = or_page!(read_form::<CodeForm>(&s, request).await);
     if !csrf_ok(&headers, &form.csrf) {
         return message_page(StatusCode::FORBIDDEN, "This form expired. Go back to your app and try again.");
     }
